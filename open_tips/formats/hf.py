@@ -1,0 +1,205 @@
+"""HF-format directories: ``config.json`` + ``model.safetensors`` as transformers' ``Tipsv2Model`` writes them.
+
+transformers saves the official key names under the prefixes ``vision_encoder.`` / ``text_encoder.`` plus a
+``temperature`` scalar; some releases stored their own module names instead (``vision_model.encoder.layer.N
+.attention.q_proj`` ...). Files are read by what they contain: both spellings are mapped to the official
+names here, so this module does not depend on transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from open_tips.formats.common import CheckpointError, atomic_write
+
+VISION_PREFIXES = ("vision_encoder.", "vision_model.")
+TEXT_PREFIXES = ("text_encoder.", "text_model.")
+
+# transformers-internal module names -> official names (after the tower prefix is removed).
+_VISION_RENAMES = [
+    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+    (r"^embeddings\.position_embeddings$", "pos_embed"),
+    (r"^embeddings\.(cls_token|mask_token|register_tokens)$", r"\1"),
+    (r"^layernorm\.", "norm."),
+    (r"^encoder\.layer\.(\d+)\.", r"blocks.\1."),
+    (r"\.attention\.o_proj\.", ".attn.proj."),
+    (r"\.layer_scale([12])\.lambda1$", r".ls\1.gamma"),
+    (r"\.mlp\.down_proj\.", ".mlp.w3."),
+]
+_TEXT_RENAMES = [
+    (r"^final_layer_norm\.", "ln_final."),
+    (r"^embeddings\.token_embedding\.", "token_embedding."),
+    (r"^encoder\.layers\.(\d+)\.", r"transformer.resblocks.\1."),
+    (r"\.layer_norm1\.", ".ln_1."),
+    (r"\.layer_norm2\.", ".ln_2."),
+    (r"\.self_attn\.out_proj\.", ".attn.out_proj."),
+    (r"\.mlp\.fc1\.", ".mlp.c_fc."),
+    (r"\.mlp\.fc2\.", ".mlp.c_proj."),
+]
+# Split projections that the official layout packs into one tensor: (parts, packed name).
+_VISION_PACKED = [
+    ((".attention.q_proj.", ".attention.k_proj.", ".attention.v_proj."), ".attn.qkv."),
+    ((".mlp.gate_proj.", ".mlp.up_proj."), ".mlp.w12."),
+]
+_TEXT_PACKED = [((".self_attn.q_proj.", ".self_attn.k_proj.", ".self_attn.v_proj."), ".attn.in_proj_")]
+_IGNORED = re.compile(r"(position_ids|embeddings\.position_embedding\.weights)$")
+
+
+def _pack(state: dict[str, torch.Tensor], packed: list) -> dict[str, torch.Tensor]:
+    out = dict(state)
+    for parts, target in packed:
+        for key in [k for k in state if parts[0] in k]:
+            names = [key.replace(parts[0], p) for p in parts]
+            if all(n in out for n in names):
+                out[key.replace(parts[0], target)] = torch.cat([out.pop(n) for n in names], dim=0)
+    return out
+
+
+def _rename(state: dict[str, torch.Tensor], renames: list) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        for pattern, repl in renames:
+            key = re.sub(pattern, repl, key)
+        out[key] = value
+    return out
+
+
+def to_official(state: dict[str, torch.Tensor]) -> tuple[dict, dict, float | None]:
+    """Splits a flat HF state dict into official (vision, text) dicts and the temperature."""
+    vision: dict[str, torch.Tensor] = {}
+    text: dict[str, torch.Tensor] = {}
+    temperature = None
+    for key, value in state.items():
+        if key in ("temperature", "temperature_contrastive"):
+            temperature = float(value.reshape(-1)[0])
+        elif _IGNORED.search(key):
+            continue
+        elif key.startswith(VISION_PREFIXES):
+            vision[key.split(".", 1)[1]] = value
+        elif key.startswith(TEXT_PREFIXES):
+            text[key.split(".", 1)[1]] = value
+        else:
+            vision[key] = value  # a bare vision tower (Tipsv2VisionModel) has no prefix
+    if any(k.startswith(("embeddings.", "encoder.")) for k in vision):
+        vision = _rename(_pack(vision, _VISION_PACKED), _VISION_RENAMES)
+    # transformers writes the vision MLP as mlp.c_fc / mlp.c_proj; the official files say fc1 / fc2.
+    vision = _rename(vision, [(r"\.mlp\.c_fc\.", ".mlp.fc1."), (r"\.mlp\.c_proj\.", ".mlp.fc2.")])
+    if any(k.startswith(("embeddings.", "encoder.", "final_layer_norm")) for k in text):
+        text = _rename(_pack(text, _TEXT_PACKED), _TEXT_RENAMES)
+    return vision, text, temperature
+
+
+def read_hf_dir(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config.json contents, flat tensor dict) of an HF-format directory (single file or sharded)."""
+    directory = Path(directory)
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{directory}: no config.json (not an HF-format model directory)")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{config_path}: malformed JSON ({err})") from err
+    index_path = directory / "model.safetensors.index.json"
+    if index_path.is_file():
+        files = sorted(set(json.loads(index_path.read_text())["weight_map"].values()))
+    elif (directory / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        raise CheckpointError(f"{directory}: no model.safetensors (pickled pytorch_model.bin is not loaded)")
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        try:
+            state.update(load_file(str(directory / name)))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"{directory / name}: unreadable safetensors file ({err})") from err
+    return config, state
+
+
+def _mlp_ratio(width: int, hidden: int, swiglu: bool) -> float:
+    """The ``mlp_ratio`` for which transformers rebuilds exactly ``hidden`` features."""
+    if swiglu:
+        if hidden % 8:
+            raise ValueError(f"SwiGLU hidden size {hidden} is not a multiple of 8; transformers cannot express it")
+        ratio = (1.5 * hidden + 0.5) / width
+        if (int(int(width * ratio) * 2 / 3) + 7) // 8 * 8 != hidden:
+            raise ValueError(f"no mlp_ratio reproduces SwiGLU hidden size {hidden}")
+        return ratio
+    ratio = hidden / width
+    if int(width * ratio) != hidden:
+        ratio = (hidden + 0.5) / width
+    return float(int(ratio)) if ratio == int(ratio) else ratio
+
+
+def hf_config_dict(model) -> dict:
+    cfg = model.cfg
+    if model.text is None:
+        raise ValueError("save_pretrained needs a text tower: Tipsv2Model holds both towers")
+    vision, text = cfg.vision, cfg.text
+    return {
+        "architectures": ["Tipsv2Model"],
+        "model_type": "tipsv2",
+        "temperature_init_value": float(model.temperature.detach()),
+        "vision_config": {
+            "model_type": "tipsv2_vision_model",
+            "hidden_size": vision.width,
+            "num_hidden_layers": vision.depth,
+            "num_attention_heads": vision.heads,
+            "mlp_ratio": _mlp_ratio(vision.width, vision.mlp_hidden, vision.swiglu),
+            "use_swiglu_ffn": vision.swiglu,
+            "hidden_act": "gelu",
+            "layer_norm_eps": vision.ln_eps,
+            "image_size": vision.pos_grid * vision.patch_size,
+            "patch_size": vision.patch_size,
+            "num_channels": 3,
+            "qkv_bias": vision.qkv_bias,
+            "layerscale_value": 1.0,
+            "num_register_tokens": 1,
+        },
+        "text_config": {
+            "model_type": "tipsv2_text_model",
+            "vocab_size": text.vocab_size,
+            "hidden_size": text.width,
+            "intermediate_size": text.mlp_hidden,
+            "num_hidden_layers": text.depth,
+            "num_attention_heads": text.heads,
+            "max_position_embeddings": text.max_len,
+            "hidden_act": "relu",
+            "layer_norm_eps": text.ln_eps,
+            "pad_token_id": 0,
+            "scale_sqrt_depth": True,
+            "pooling_epsilon": 1e-8,
+        },
+        "open_tips": {"name": cfg.name, "image_size": cfg.image_size},
+    }
+
+
+def save_hf_dir(model, directory: str | os.PathLike) -> None:
+    """Writes config.json + model.safetensors (official keys, tower prefixes, temperature); the
+    directory is assembled aside and moved into place so a crash leaves no half-written model."""
+    directory = Path(directory)
+    config = hf_config_dict(model)
+    state = {f"vision_encoder.{k}": v.detach().float().cpu().contiguous() for k, v in model.vision.state_dict().items()}
+    state.update({f"text_encoder.{k}": v.detach().float().cpu().contiguous() for k, v in model.text.state_dict().items()})
+    state["temperature"] = model.temperature.detach().float().cpu().reshape(())
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        tokenizer = getattr(model, "tokenizer", None)
+        if tokenizer is not None and getattr(tokenizer, "model_path", None):
+            shutil.copyfile(tokenizer.model_path, staging / "tokenizer.model")
+        directory.mkdir(parents=True, exist_ok=True)
+        for item in staging.iterdir():
+            atomic_write(directory / item.name, lambda tmp, src=item: shutil.copyfile(src, tmp))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
