@@ -1,0 +1,82 @@
+"""Training checkpoints: written atomically, found newest-complete-first, loaded with ``weights_only``.
+
+A checkpoint is ``checkpoints/step_{step:08d}.pt``. It is written to a hidden temporary file in the same
+directory, fsynced, then renamed, so a kill or a full disk mid-write leaves the previous checkpoints intact
+and no partial file under a checkpoint name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from open_tips.formats.common import atomic_write
+
+log = logging.getLogger(__name__)
+_NAME = re.compile(r"^step_(\d{8})\.pt$")
+
+
+def checkpoint_path(directory: str | os.PathLike, step: int) -> Path:
+    return Path(directory) / f"step_{step:08d}.pt"
+
+
+def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
+    """The newest checkpoint that loads; an unreadable one (e.g. damaged on disk) is skipped with a warning."""
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return path
+        except Exception as err:  # noqa: BLE001 - any failure means "not usable", try the previous one
+            log.warning("skipping unreadable checkpoint %s (%s)", path, err)
+    return None
+
+
+def save_checkpoint(payload: dict[str, Any], directory: str | os.PathLike, step: int, keep: int = 2) -> Path:
+    path = checkpoint_path(directory, step)
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    if keep > 0:
+        for old in list_checkpoints(directory)[:-keep]:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state()[1].tolist(),
+        "numpy_pos": int(np.random.get_state()[2]),
+        "python": repr(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", np.asarray(state["numpy"], dtype=np.uint32), state["numpy_pos"], 0, 0.0))
+    import ast
+
+    python_state = ast.literal_eval(state["python"])
+    random.setstate(python_state)
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,330 @@
+"""One typed config tree for training: named presets, a YAML file, then dotted overrides.
+
+``load_config(preset="tiny", yaml_path=None, overrides=["optim.lr=1e-3", "loss.mim=false"])`` applies them
+in that order. Every value is checked against the dataclass field's type, so a typo in a key or a value of
+the wrong kind fails at start-up with the dotted key named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class ModelSection:
+    name: str = "tiny"  # registry name of the architecture
+    init_from: str | None = None  # any checkpoint load_pretrained accepts: continued pretraining
+    grad_checkpointing: bool = False
+    compile: bool = False
+    drop_path_rate: float = 0.0
+    layerscale_init: float = 1.0
+
+
+@dataclass
+class DataSection:
+    source: str = "builtin"  # "builtin", WebDataset shard URLs (brace expansion, pipe:), or a folder
+    num_samples: int = 2048  # built-in dataset size
+    builtin_image_size: int = 112
+    caption_noise: float = 0.5
+    tokenizer: str | None = None  # SentencePiece model; None with builtin data: trained on the captions
+    tokenizer_vocab: int = 512
+    global_size: int = 56
+    local_size: int = 28
+    num_local: int = 2
+    global_scale: tuple[float, float] = (0.4, 1.0)
+    local_scale: tuple[float, float] = (0.1, 0.4)
+    mask_kind: str = "random"  # "random" | "block"
+    mask_ratio: float = 0.75
+    mask_probability: float = 1.0  # fraction of images that get a mask
+    caption_weights: dict[str, float] | None = None  # template -> probability for CLS2's caption
+    batch_size: int = 32
+    num_workers: int = 0
+    shuffle_buffer: int = 1000
+    resample: bool = False
+
+
+@dataclass
+class LossSection:
+    contrastive: str = "softmax"  # "softmax" (InfoNCE) | "sigmoid" (SigLIP)
+    # Which (CLS token, caption) pairs the contrastive loss uses: "dual" = CLS1-web + CLS2-synthetic (TIPS),
+    # "web" = CLS1-web only (CLIP), "synthetic" = CLS1-synthetic only (CLIP on synthetic captions).
+    pairs: str = "dual"
+    contrastive_view: str = "clean"  # "clean" global crop or the "masked" one the MIM student sees
+    distill: bool = True
+    distill_weight: float = 1.0
+    distill_cls: str = "web"  # which CLS feeds self-distillation: web | synthetic | both
+    mim: bool = True
+    mask_weight: float = 2.0
+    ibot_all_tokens: bool = False  # iBOT++ (TIPSv2): supervise all tokens, not only masked ones
+    head_out_dim: int = 1024
+    head_hidden_dim: int = 256
+    head_bottleneck_dim: int = 64
+    head_layers: int = 3
+    student_temp: float = 0.1
+    teacher_temp: float = 0.07
+    warmup_teacher_temp: float = 0.04
+    teacher_temp_warmup_steps: int = 100
+    center_momentum: float = 0.9
+    sparc_weight: float = 0.0  # SPARC fine-grained loss on (patch, synthetic-caption token) pairs
+    sparc_caption: str = "synthetic"
+    koleo_weight: float = 0.0
+
+
+@dataclass
+class TeacherSection:
+    kind: str = "full_ema"  # "full_ema" (TIPS v1) | "head_ema" (TIPSv2: shared backbone, EMA heads only)
+    momentum_start: float = 0.994
+    momentum_end: float = 1.0
+
+
+@dataclass
+class OptimSection:
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    warmup_steps: int = 50
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.2
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float = 3.0
+    patch_embed_lr_mult: float = 0.2
+    freeze_last_layer_steps: int = 0
+
+
+@dataclass
+class TrainSection:
+    steps: int = 300
+    accum_steps: int = 1
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    device: str = "auto"
+    seed: int = 0
+    output_dir: str = "runs/tiny"
+    log_every: int = 10
+    save_every: int = 100
+    keep_checkpoints: int = 2
+    evaluate_at_end: bool = True
+    max_nonfinite_steps: int = 5  # consecutive non-finite losses before the run stops
+    threads: int = 0  # torch.set_num_threads; 0 = leave as is
+
+
+@dataclass
+class DistributedSection:
+    strategy: str = "auto"  # auto | none | ddp | fsdp
+    timeout_s: int = 300
+    local_loss: bool = True
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "tiny"
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    loss: LossSection = field(default_factory=LossSection)
+    teacher: TeacherSection = field(default_factory=TeacherSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    distributed: DistributedSection = field(default_factory=DistributedSection)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(_plain(self.to_dict()), sort_keys=False)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# Presets: overrides on top of the defaults above.
+PRESETS: dict[str, dict[str, Any]] = {
+    # Trains in a few minutes on 2 CPU cores; the README's main job.
+    "tiny": {},
+    "tiny-tipsv2": {"teacher.kind": "head_ema", "loss.ibot_all_tokens": True,
+                    "data.caption_weights": {"short": 0.5, "detailed": 0.5}},
+    "small": {"model.name": "small-112", "data.global_size": 112, "data.local_size": 56, "data.num_local": 4,
+              "data.num_samples": 20000, "train.steps": 3000, "train.output_dir": "runs/small"},
+    # The paper's geometry (ViT-B/14, 224 px global, 6 local crops at 98 px, 32k prototypes).
+    "b14": {
+        "model.name": "tipsv2-b14", "data.source": "builtin", "data.builtin_image_size": 256,
+        "data.global_size": 224, "data.local_size": 98, "data.num_local": 6,
+        "data.global_scale": [0.32, 1.0], "data.local_scale": [0.05, 0.32], "data.batch_size": 64,
+        "data.tokenizer_vocab": 4096,
+        "loss.head_out_dim": 32768, "loss.head_hidden_dim": 2048, "loss.head_bottleneck_dim": 256,
+        "optim.lr": 5e-4, "optim.warmup_steps": 1000, "train.steps": 90000, "train.precision": "bf16",
+        "train.output_dir": "runs/b14", "train.save_every": 1000,
+    },
+    "b14-tipsv2": {"preset": "b14", "teacher.kind": "head_ema", "loss.ibot_all_tokens": True},
+}
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Checks/converts ``value`` to ``annotation``; raises ValueError naming ``key``."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ValueError as err:
+                errors.append(str(err))
+        raise ValueError(f"{key}: {value!r} fits none of {annotation}")
+    if annotation is Any:
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ValueError(f"{key}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{key}: expected a mapping, got {value!r}")
+        return {_coerce(k, args[0], key): _coerce(v, args[1], key) for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], key) for v in value]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{key}: expected true/false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ValueError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ValueError(f"{key}: unsupported type {annotation}")
+
+
+def set_value(config: TrainConfig, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    target: Any = config
+    for part in parts[:-1]:
+        if not dataclasses.is_dataclass(target) or part not in _field_types(type(target)):
+            raise KeyError(f"unknown config key {dotted!r}")
+        target = getattr(target, part)
+    name = parts[-1]
+    if not dataclasses.is_dataclass(target) or name not in _field_types(type(target)):
+        raise KeyError(f"unknown config key {dotted!r}")
+    annotation = _field_types(type(target))[name]
+    if dataclasses.is_dataclass(getattr(target, name)):
+        if not isinstance(value, dict):
+            raise ValueError(f"{dotted}: expected a mapping of its fields")
+        for key, sub in value.items():
+            set_value(config, f"{dotted}.{key}", sub)
+        return
+    setattr(target, name, _coerce(value, annotation, dotted))
+
+
+def apply_mapping(config: TrainConfig, mapping: dict[str, Any], prefix: str = "") -> None:
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if key == "preset" and not prefix:
+            continue
+        if "." in key or not isinstance(value, dict) or dotted in ("data.caption_weights",):
+            set_value(config, dotted, value)
+        else:
+            holder = config
+            for part in dotted.split("."):
+                holder = getattr(holder, part, None)
+            if dataclasses.is_dataclass(holder):
+                apply_mapping(config, value, prefix=f"{dotted}.")
+            else:
+                set_value(config, dotted, value)
+
+
+def _preset_chain(name: str) -> list[dict[str, Any]]:
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    preset = PRESETS[name]
+    parent = preset.get("preset")
+    return (_preset_chain(parent) if parent and parent != name else []) + [preset]
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ValueError(f"override {text!r} is not of the form key=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_config(preset: str | None = None, yaml_path: str | Path | None = None,
+                overrides: list[str] | None = None) -> TrainConfig:
+    file_mapping: dict[str, Any] = {}
+    if yaml_path is not None:
+        try:
+            file_mapping = yaml.safe_load(Path(yaml_path).read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{yaml_path}: malformed YAML ({err})") from err
+        if not isinstance(file_mapping, dict):
+            raise ValueError(f"{yaml_path}: expected a mapping at the top level")
+    name = preset or file_mapping.get("preset") or "tiny"
+    config = TrainConfig(preset=name)
+    for layer in _preset_chain(name):
+        apply_mapping(config, layer)
+    if file_mapping:
+        try:
+            apply_mapping(config, file_mapping)
+        except (KeyError, ValueError) as err:
+            raise type(err)(f"{yaml_path}: {err}") from err
+    for text in overrides or []:
+        key, value = parse_override(text)
+        set_value(config, key, value)
+    validate(config)
+    return config
+
+
+_CHOICES = {
+    "loss.contrastive": ("softmax", "sigmoid"),
+    "loss.pairs": ("dual", "web", "synthetic"),
+    "loss.contrastive_view": ("clean", "masked"),
+    "loss.distill_cls": ("web", "synthetic", "both"),
+    "loss.sparc_caption": ("synthetic", "web"),
+    "teacher.kind": ("full_ema", "head_ema"),
+    "train.precision": ("fp32", "bf16", "fp16"),
+    "data.mask_kind": ("random", "block"),
+    "distributed.strategy": ("auto", "none", "ddp", "fsdp"),
+}
+
+
+def validate(config: TrainConfig) -> None:
+    for dotted, choices in _CHOICES.items():
+        section, name = dotted.split(".")
+        value = getattr(getattr(config, section), name)
+        if value not in choices:
+            raise ValueError(f"{dotted}: {value!r} is not one of {', '.join(choices)}")
+    if config.data.global_size % 14 or config.data.local_size % 14:
+        raise ValueError("data.global_size and data.local_size must be multiples of the patch size 14")
+    if not 0.0 <= config.data.mask_ratio < 1.0:
+        raise ValueError(f"data.mask_ratio must lie in [0, 1), got {config.data.mask_ratio}")
+    if config.train.accum_steps < 1 or config.train.steps < 1:
+        raise ValueError("train.steps and train.accum_steps must be >= 1")
+    if config.loss.distill and config.data.num_local == 0:
+        raise ValueError("loss.distill needs local crops: set data.num_local > 0 or loss.distill=false")

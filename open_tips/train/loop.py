@@ -1,0 +1,252 @@
+"""The training loop: schedules, mixed precision, accumulation, clipping, EMA teacher, checkpoints, logs."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from open_tips.data.tokenizer import Tokenizer
+from open_tips.formats.load import load_pretrained
+from open_tips.models.configs import get_config
+from open_tips.models.tips import TIPSModel
+from open_tips.train import distributed as dist_utils
+from open_tips.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from open_tips.train.config import TrainConfig
+from open_tips.train.data import build_tokenizer, build_train_batches
+from open_tips.train.metrics import MetricsLogger, plot_losses
+from open_tips.train.objective import TIPSObjective
+from open_tips.train.optim import build_optimizer, set_schedules
+from open_tips.train.schedules import cosine, linear_warmup, warmup_cosine
+
+log = logging.getLogger("open_tips.train")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> TIPSModel:
+    if cfg.model.init_from:
+        model = load_pretrained(cfg.model.init_from, tokenizer=tokenizer)
+        if model.text is None:
+            raise ValueError(f"{cfg.model.init_from}: training needs a text tower")
+        if model.cfg.text.vocab_size < tokenizer.vocab_size:
+            raise ValueError(f"tokenizer has {tokenizer.vocab_size} pieces but {cfg.model.init_from} only "
+                             f"{model.cfg.text.vocab_size} token embeddings")
+        model.train()
+        return model
+    model_cfg = get_config(cfg.model.name)
+    model_cfg.vision.drop_path_rate = cfg.model.drop_path_rate
+    model_cfg.vision.layerscale_init = cfg.model.layerscale_init
+    # A from-scratch model gets exactly the tokenizer's vocabulary.
+    model_cfg.text.vocab_size = tokenizer.vocab_size
+    model_cfg.text.max_len = tokenizer.max_len
+    model_cfg.image_size = cfg.data.global_size
+    return TIPSModel(model_cfg, tokenizer=tokenizer)
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None = None) -> dict[str, Any]:
+    """Runs (or resumes) training as configured; returns a summary dict. ``max_steps_this_run`` stops early
+    (used by tests to simulate interruption)."""
+    ctx = dist_utils.init_distributed(cfg.distributed)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = pick_device(cfg.train.device) if not ctx.enabled or ctx.device is None else ctx.device
+    run_dir = Path(cfg.train.output_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    ctx.barrier()
+
+    _seed_everything(cfg.train.seed)
+    tokenizer = build_tokenizer(cfg, run_dir, ctx)
+    model = build_model(cfg, tokenizer)
+    model.set_grad_checkpointing(cfg.model.grad_checkpointing)
+    objective = TIPSObjective(cfg, model).to(device)
+    optimizer = build_optimizer(objective, cfg.optim)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
+
+    start_step = 0
+    nonfinite_total = 0
+    if resume:
+        found = latest_checkpoint(ckpt_dir)
+        if found is not None:
+            payload = load_checkpoint(found)
+            objective.load_state_dict(payload["objective"])
+            optimizer.load_state_dict(payload["optimizer"])
+            scaler.load_state_dict(payload["scaler"])
+            set_rng_state(payload["rng"][ctx.rank] if isinstance(payload["rng"], list) else payload["rng"])
+            start_step = int(payload["step"])
+            nonfinite_total = int(payload.get("nonfinite_steps", 0))
+            if ctx.is_main:
+                log.info("resumed from %s at step %d", found, start_step)
+        elif ctx.is_main:
+            log.info("no checkpoint in %s: starting from scratch", ckpt_dir)
+
+    wrapped = dist_utils.wrap(objective, cfg.distributed, ctx, device)
+    compiled = torch.compile(wrapped) if cfg.model.compile else wrapped
+
+    metrics = MetricsLogger(run_dir, enabled=ctx.is_main)
+    metrics.truncate_after(start_step)
+    total_steps = cfg.train.steps
+    end_step = total_steps if max_steps_this_run is None else min(total_steps, start_step + max_steps_this_run)
+    batches = build_train_batches(cfg, tokenizer, start_step, ctx)
+    progress = tqdm(total=total_steps, initial=start_step, disable=not ctx.is_main, dynamic_ncols=True,
+                    desc="train", mininterval=1.0)
+    consecutive_nonfinite = 0
+    images_seen = 0
+    window_start = time.perf_counter()
+    last_metrics: dict[str, float] = {}
+    objective.train()
+
+    def save(step: int) -> None:
+        payload = {
+            "step": step,
+            "objective": objective.state_dict(),
+            "model": model.state_dict(),
+            "model_config": model.cfg.to_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": ctx.all_gather_object(rng_state()),
+            "nonfinite_steps": nonfinite_total,
+            "train_config": cfg.to_dict(),
+        }
+        if ctx.is_main:
+            try:
+                save_checkpoint(payload, ckpt_dir, step, keep=cfg.train.keep_checkpoints)
+            except OSError as err:  # e.g. disk full: the previous checkpoints are intact
+                log.error("could not save checkpoint at step %d (%s); previous checkpoints kept", step, err)
+        ctx.barrier()
+
+    step = start_step
+    for step in range(start_step, end_step):
+        lr = warmup_cosine(step, total_steps, cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps)
+        wd = cosine(step, total_steps, cfg.optim.weight_decay, cfg.optim.weight_decay_end)
+        momentum = cosine(step, total_steps, cfg.teacher.momentum_start, cfg.teacher.momentum_end)
+        teacher_temp = linear_warmup(step, cfg.loss.teacher_temp_warmup_steps, cfg.loss.warmup_teacher_temp,
+                                     cfg.loss.teacher_temp)
+        set_schedules(optimizer, lr, wd)
+
+        sums: dict[str, float] = {}
+        finite = True
+        for micro in range(cfg.train.accum_steps):
+            batch = _to_device(next(batches), device)
+            sync = micro == cfg.train.accum_steps - 1
+            with dist_utils.no_sync_unless(wrapped, sync), _autocast(cfg.train.precision, device):
+                losses = compiled(batch, teacher_temp)
+            loss = losses["loss"] / cfg.train.accum_steps
+            finite = finite and ctx.all_true(bool(torch.isfinite(loss.detach())))
+            scaler.scale(loss).backward()
+            for key, value in losses.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach()) / cfg.train.accum_steps
+            images_seen += batch["global_crops"].shape[0] * ctx.world_size
+
+        if not finite:
+            optimizer.zero_grad(set_to_none=True)
+            nonfinite_total += 1
+            consecutive_nonfinite += 1
+            log.warning("non-finite loss at step %d: step skipped (%d in a row)", step, consecutive_nonfinite)
+            if consecutive_nonfinite >= cfg.train.max_nonfinite_steps:
+                progress.close()
+                metrics.close()
+                raise NonFiniteLossError(
+                    f"{consecutive_nonfinite} consecutive non-finite losses at step {step}; stopping. "
+                    f"The last good checkpoint is kept in {ckpt_dir}.")
+            progress.update(1)
+            continue
+        consecutive_nonfinite = 0
+
+        scaler.unscale_(optimizer)
+        grad_norm = dist_utils.clip_grad_norm(objective, cfg.optim.grad_clip, ctx)
+        if step < cfg.optim.freeze_last_layer_steps:
+            for name, param in objective.named_parameters():
+                if "last_layer" in name:
+                    param.grad = None
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        objective.update_teacher(momentum)
+
+        last_metrics = {**sums, "lr": lr, "weight_decay": wd, "teacher_momentum": momentum,
+                        "teacher_temp": teacher_temp, "temperature": float(model.temperature.detach()),
+                        "grad_norm": float(grad_norm)}
+        if (step + 1) % cfg.train.log_every == 0 or step == start_step or step + 1 == total_steps:
+            elapsed = max(time.perf_counter() - window_start, 1e-9)
+            last_metrics["images_per_s"] = images_seen / elapsed
+            images_seen, window_start = 0, time.perf_counter()
+            metrics.log(step, last_metrics)
+        progress.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in sums.items()} | {"lr": f"{lr:.1e}"},
+                             refresh=False)
+        progress.update(1)
+        if (step + 1) % cfg.train.save_every == 0 and step + 1 < end_step:
+            save(step + 1)
+
+    final_step = end_step
+    save(final_step)
+    progress.close()
+    summary: dict[str, Any] = {"run_dir": str(run_dir), "steps": final_step, "nonfinite_steps": nonfinite_total,
+                               "last": last_metrics, "finished": final_step >= total_steps}
+    if final_step >= total_steps and ctx.is_main:
+        export_dir = run_dir / "final"
+        model.save_pretrained(export_dir)
+        summary["export"] = str(export_dir)
+        plot = plot_losses(run_dir / "metrics.jsonl", run_dir / "loss_curves.png")
+        summary["loss_plot"] = str(plot) if plot else None
+        if cfg.train.evaluate_at_end:
+            summary["eval"] = _evaluate(model, run_dir, cfg, device)
+    metrics.close()
+    ctx.barrier()
+    dist_utils.cleanup(ctx)
+    return summary
+
+
+def _evaluate(model: TIPSModel, run_dir: Path, cfg: TrainConfig, device: torch.device) -> dict | None:
+    try:
+        from open_tips.eval.suite import evaluate_builtin
+    except ImportError:
+        log.warning("evaluation suite not available; skipping the end-of-run report")
+        return None
+    model.eval()
+    results = evaluate_builtin(model, run_dir / "eval", image_size=cfg.data.global_size, device=device,
+                               seed=cfg.train.seed)
+    return results if isinstance(results, dict) else None
+
+
+def safe_float(value: float) -> float | None:
+    return value if math.isfinite(value) else None
