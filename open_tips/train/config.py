@@ -213,6 +213,11 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             raise ValueError(f"{key}: expected an integer, got {value!r}")
         return value
     if annotation is float:
+        if isinstance(value, str):
+            try:  # YAML 1.1 leaves "1e-3" (no dot) as a string
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{key}: expected a number, got {value!r}")
         return float(value)
@@ -272,7 +277,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ValueError(f"override {text!r} is not of the form key=value")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads "3e-4" as a string; numbers are what such overrides mean
+            value = float(value)
+        except ValueError:
+            pass
+    return key.strip(), value
 
 
 def load_config(preset: str | None = None, yaml_path: str | Path | None = None,
