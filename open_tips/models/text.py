@@ -87,7 +87,8 @@ class TextTransformer(nn.Module):
         self.ln_final = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
         self.register_buffer("positions", sinusoidal_positions(cfg.max_len, cfg.width), persistent=False)
         self.grad_checkpointing = False
-        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        # Embeddings are scaled by sqrt(width) on use; unit-scale tokens need std 1/sqrt(width) here.
+        nn.init.normal_(self.token_embedding.weight, std=cfg.width**-0.5)
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)

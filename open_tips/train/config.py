@@ -99,7 +99,7 @@ class OptimSection:
 
 @dataclass
 class TrainSection:
-    steps: int = 300
+    steps: int = 1000
     accum_steps: int = 1
     precision: str = "fp32"  # fp32 | bf16 | fp16
     device: str = "auto"

@@ -65,7 +65,8 @@ def init_distributed(cfg: DistributedSection) -> DistContext:
     return DistContext(enabled=True, rank=rank, world_size=world, local_rank=local_rank, device=device)
 
 
-def wrap(objective: nn.Module, cfg: DistributedSection, ctx: DistContext, device: torch.device) -> nn.Module:
+def wrap(objective: nn.Module, cfg: DistributedSection, ctx: DistContext, device: torch.device,
+         precision: str = "fp32") -> nn.Module:
     if not ctx.enabled:
         return objective
     strategy = "ddp" if cfg.strategy == "auto" else cfg.strategy
@@ -80,7 +81,7 @@ def wrap(objective: nn.Module, cfg: DistributedSection, ctx: DistContext, device
     if strategy == "fsdp":
         from open_tips.train.fsdp import apply_fsdp
 
-        return apply_fsdp(objective, device)
+        return apply_fsdp(objective, precision)
     return objective
 
 
@@ -106,3 +107,30 @@ def clip_grad_norm(module: nn.Module, max_norm: float, ctx: DistContext) -> torc
 def cleanup(ctx: DistContext) -> None:
     if ctx.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def full_state(objective: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Unsharded, CPU state dicts keyed by parameter names (not optimiser indices), the same for one
+    process, DDP and FSDP2, so a checkpoint resumes on any world size and strategy."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return (get_model_state_dict(objective, options=options),
+            get_optimizer_state_dict(objective, optimizer, options=options))
+
+
+def load_full_state(objective: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,
+                    optimizer_state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, strict=True)
+    set_model_state_dict(objective, model_state, options=options)
+    set_optimizer_state_dict(objective, optimizer, optimizer_state, options=options)

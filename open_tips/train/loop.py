@@ -20,7 +20,13 @@ from open_tips.formats.load import load_pretrained
 from open_tips.models.configs import get_config
 from open_tips.models.tips import TIPSModel
 from open_tips.train import distributed as dist_utils
-from open_tips.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from open_tips.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from open_tips.train.config import TrainConfig
 from open_tips.train.data import build_tokenizer, build_train_batches
 from open_tips.train.metrics import MetricsLogger, plot_losses
@@ -99,6 +105,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
     model = build_model(cfg, tokenizer)
     model.set_grad_checkpointing(cfg.model.grad_checkpointing)
     objective = TIPSObjective(cfg, model).to(device)
+    # Wrap before building the optimiser: FSDP2 replaces parameters by sharded ones.
+    wrapped = dist_utils.wrap(objective, cfg.distributed, ctx, device, cfg.train.precision)
     optimizer = build_optimizer(objective, cfg.optim)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
 
@@ -108,10 +116,11 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
         found = latest_checkpoint(ckpt_dir)
         if found is not None:
             payload = load_checkpoint(found)
-            objective.load_state_dict(payload["objective"])
-            optimizer.load_state_dict(payload["optimizer"])
+            dist_utils.load_full_state(objective, optimizer, payload["objective"], payload["optimizer"])
             scaler.load_state_dict(payload["scaler"])
-            set_rng_state(payload["rng"][ctx.rank] if isinstance(payload["rng"], list) else payload["rng"])
+            rngs = payload["rng"]
+            # A different world size resumes with rank 0's generator state on every new rank.
+            set_rng_state(rngs[ctx.rank] if ctx.rank < len(rngs) else rngs[0])
             start_step = int(payload["step"])
             nonfinite_total = int(payload.get("nonfinite_steps", 0))
             if ctx.is_main:
@@ -119,7 +128,6 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
         elif ctx.is_main:
             log.info("no checkpoint in %s: starting from scratch", ckpt_dir)
 
-    wrapped = dist_utils.wrap(objective, cfg.distributed, ctx, device)
     compiled = torch.compile(wrapped) if cfg.model.compile else wrapped
 
     metrics = MetricsLogger(run_dir, enabled=ctx.is_main)
@@ -135,13 +143,14 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
     last_metrics: dict[str, float] = {}
     objective.train()
 
-    def save(step: int) -> None:
+    def save(step: int) -> dict:
+        objective_state, optimizer_state = dist_utils.full_state(objective, optimizer)
         payload = {
             "step": step,
-            "objective": objective.state_dict(),
-            "model": model.state_dict(),
+            "objective": objective_state,
+            "model": {k[len("model."):]: v for k, v in objective_state.items() if k.startswith("model.")},
             "model_config": model.cfg.to_dict(),
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "scaler": scaler.state_dict(),
             "rng": ctx.all_gather_object(rng_state()),
             "nonfinite_steps": nonfinite_total,
@@ -153,6 +162,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
             except OSError as err:  # e.g. disk full: the previous checkpoints are intact
                 log.error("could not save checkpoint at step %d (%s); previous checkpoints kept", step, err)
         ctx.barrier()
+        return payload
 
     step = start_step
     for step in range(start_step, end_step):
@@ -218,12 +228,15 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
             save(step + 1)
 
     final_step = end_step
-    save(final_step)
+    final_payload = save(final_step)
     progress.close()
     summary: dict[str, Any] = {"run_dir": str(run_dir), "steps": final_step, "nonfinite_steps": nonfinite_total,
                                "last": last_metrics, "finished": final_step >= total_steps}
     if final_step >= total_steps and ctx.is_main:
         export_dir = run_dir / "final"
+        # Export from the full state so that sharded (FSDP) runs export the same way as single-process ones.
+        model = TIPSModel(model.cfg, tokenizer=tokenizer)
+        model.load_state_dict(final_payload["model"])
         model.save_pretrained(export_dir)
         summary["export"] = str(export_dir)
         plot = plot_losses(run_dir / "metrics.jsonl", run_dir / "loss_curves.png")

@@ -96,7 +96,7 @@ class TIPSObjective(nn.Module):
         if self.teacher is not None:
             with torch.no_grad():
                 if self.teacher.vision is not None:
-                    teacher_tokens = self.teacher.vision.forward_tokens(global_crops)
+                    teacher_tokens = self.teacher.vision(global_crops)  # __call__: FSDP hooks run
                 else:
                     teacher_tokens = clean.detach()
             if cfg.distill:

@@ -1,0 +1,49 @@
+"""Samples -> the batch dict the trainer consumes (see docs/architecture.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from open_tips.data.captions import CaptionPolicy
+from open_tips.data.crops import MultiCropTransform
+from open_tips.data.masking import MaskGenerator
+
+TokenizerFn = Callable[[Sequence[str]], tuple[torch.Tensor, torch.Tensor]]
+
+
+class TIPSBatchBuilder:
+    def __init__(self, tokenizer: TokenizerFn, crops: MultiCropTransform, mask_generator: MaskGenerator,
+                 caption_policy: CaptionPolicy | None = None, patch_size: int = 14) -> None:
+        self.tokenizer = tokenizer
+        self.crops = crops
+        self.mask_generator = mask_generator
+        self.caption_policy = caption_policy or CaptionPolicy()
+        self.patch_size = patch_size
+
+    def __call__(self, samples: list[dict]) -> dict:
+        if not samples:
+            raise ValueError("cannot build a batch from no samples")
+        globals_, locals_ = [], []
+        for sample in samples:
+            global_crop, local_crops = self.crops(sample["image"])
+            globals_.append(global_crop)
+            locals_.append(local_crops)
+        global_crops = torch.stack(globals_)
+        grid_h, grid_w = (s // self.patch_size for s in global_crops.shape[-2:])
+        masks = torch.stack([self.mask_generator(grid_h, grid_w) for _ in samples])
+        num_local = len(locals_[0])
+        # Crop-major: all samples' local crop 0, then crop 1, ... (so chunk(M) gives one crop per chunk).
+        local_crops = (torch.stack([locals_[b][m] for m in range(num_local) for b in range(len(samples))])
+                       if num_local else None)
+        web_ids, web_padding = self.tokenizer([s["web_caption"] for s in samples])
+        synthetic_ids, synthetic_padding = self.tokenizer([self.caption_policy.choose(s) for s in samples])
+        return {
+            "global_crops": global_crops,
+            "local_crops": local_crops,
+            "masks": masks,
+            "web_ids": web_ids, "web_padding": web_padding,
+            "synthetic_ids": synthetic_ids, "synthetic_padding": synthetic_padding,
+            "keys": [s.get("__key__", "") for s in samples],
+        }
