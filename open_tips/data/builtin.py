@@ -143,7 +143,7 @@ class BuiltinShapes(Dataset):
                 if back in visible and front in visible and self._overlap(front, back, size):
                     front["in_front_of"].append(back)
         main = max(visible, key=lambda o: o["visible"])
-        labels = sorted({SHAPE_CLASSES.index(o["class"]) + 1 for o in visible})
+        labels = sorted(int(c) for c in np.unique(segmentation) if c != 0)  # every class with a pixel
         return {
             "__key__": f"builtin-{self.seed}-{index:08d}",
             "image": image,

@@ -46,4 +46,6 @@ class TIPSBatchBuilder:
             "web_ids": web_ids, "web_padding": web_padding,
             "synthetic_ids": synthetic_ids, "synthetic_padding": synthetic_padding,
             "keys": [s.get("__key__", "") for s in samples],
+            # running skip totals per reader worker (shard streams), latest value wins
+            "skip_counts": dict(s["__skip_counts__"] for s in samples if "__skip_counts__" in s),
         }

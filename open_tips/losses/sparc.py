@@ -36,7 +36,8 @@ def sparc_loss(patch_emb: torch.Tensor, token_emb: torch.Tensor, token_padding: 
     diagonal = torch.arange(logits.shape[1], device=logits.device)
     loss_t2v = -F.log_softmax(logits_t2v, dim=-1)[:, diagonal, diagonal]  # [B, L]
     loss_v2t = -F.log_softmax(logits_v2t, dim=-1)[:, diagonal, diagonal]
-    per_token = 0.5 * (loss_t2v + loss_v2t) * valid
+    # where(), not a product: the diagonal of a padded row is masked and its loss is huge (inf * 0 = nan)
+    per_token = torch.where(valid, 0.5 * (loss_t2v + loss_v2t), torch.zeros_like(loss_t2v))
     counts = valid.sum(dim=-1)
     has_tokens = counts > 0
     per_sample = per_token.sum(dim=-1) / counts.clamp_min(1)

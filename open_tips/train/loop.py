@@ -138,6 +138,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
     progress = tqdm(total=total_steps, initial=start_step, disable=not ctx.is_main, dynamic_ncols=True,
                     desc="train", mininterval=1.0)
     consecutive_nonfinite = 0
+    skip_by_worker: dict[str, dict[str, int]] = {}
     images_seen = 0
     window_start = time.perf_counter()
     last_metrics: dict[str, float] = {}
@@ -176,7 +177,9 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
         sums: dict[str, float] = {}
         finite = True
         for micro in range(cfg.train.accum_steps):
-            batch = _to_device(next(batches), device)
+            batch = next(batches)
+            skip_by_worker.update(batch.pop("skip_counts", {}) or {})
+            batch = _to_device(batch, device)
             sync = micro == cfg.train.accum_steps - 1
             with dist_utils.no_sync_unless(wrapped, sync), _autocast(cfg.train.precision, device):
                 losses = compiled(batch, teacher_temp)
@@ -216,6 +219,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
         last_metrics = {**sums, "lr": lr, "weight_decay": wd, "teacher_momentum": momentum,
                         "teacher_temp": teacher_temp, "temperature": float(model.temperature.detach()),
                         "grad_norm": float(grad_norm)}
+        for reason, count in _total_skips(skip_by_worker, ctx).items():
+            last_metrics[f"skipped_{reason}"] = count
         if (step + 1) % cfg.train.log_every == 0 or step == start_step or step + 1 == total_steps:
             elapsed = max(time.perf_counter() - window_start, 1e-9)
             last_metrics["images_per_s"] = images_seen / elapsed
@@ -231,7 +236,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
     final_payload = save(final_step)
     progress.close()
     summary: dict[str, Any] = {"run_dir": str(run_dir), "steps": final_step, "nonfinite_steps": nonfinite_total,
-                               "last": last_metrics, "finished": final_step >= total_steps}
+                               "last": last_metrics, "finished": final_step >= total_steps,
+                               "skipped_samples": _total_skips(skip_by_worker, ctx)}
     if final_step >= total_steps and ctx.is_main:
         export_dir = run_dir / "final"
         # Export from the full state so that sharded (FSDP) runs export the same way as single-process ones.
@@ -247,6 +253,14 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
     ctx.barrier()
     dist_utils.cleanup(ctx)
     return summary
+
+
+def _total_skips(by_worker: dict[str, dict[str, int]], ctx) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for counts in by_worker.values():
+        for reason, count in counts.items():
+            totals[reason] = totals.get(reason, 0) + int(count)
+    return totals
 
 
 def _evaluate(model: TIPSModel, run_dir: Path, cfg: TrainConfig, device: torch.device) -> dict | None:
