@@ -142,8 +142,7 @@ class ShardDataset(IterableDataset):
         """Groups tar members by key; a truncated or unreadable shard ends with a counted skip."""
         stream = wds.SimpleShardList([url])
         try:
-            for sample in wds.tariterators.tarfile_samples(stream, handler=self._tar_error):
-                yield sample
+            yield from wds.tariterators.tarfile_samples(stream, handler=self._tar_error)
         except Exception as err:  # noqa: BLE001 - a damaged archive must not stop training
             self.skipped.add("truncated_shard", url, str(err))
 
