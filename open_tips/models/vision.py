@@ -119,8 +119,12 @@ class Block(nn.Module):
         self.drop_path_rate = drop_path_rate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + drop_path(self.ls1(self.attn(self.norm1(x))), self.drop_path_rate, self.training)
-        return x + drop_path(self.ls2(self.mlp(self.norm2(x))), self.drop_path_rate, self.training)
+        if self.training and self.drop_path_rate > 0:
+            x = x + drop_path(self.ls1(self.attn(self.norm1(x))), self.drop_path_rate, True)
+            return x + drop_path(self.ls2(self.mlp(self.norm2(x))), self.drop_path_rate, True)
+        # x + gamma * branch in one fused pass over memory (addcmul) instead of a multiply then an add
+        x = torch.addcmul(x, self.attn(self.norm1(x)), self.ls1.gamma)
+        return torch.addcmul(x, self.mlp(self.norm2(x)), self.ls2.gamma)
 
     def forward_value_trick(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.ls1(self.attn.value_only(self.norm1(x)))
