@@ -73,15 +73,15 @@ def main() -> None:
     for precision in precisions:
         for size, batch in zip(args.sizes, batch_sizes):
             pixels = torch.rand(batch, 3, size, size, device=device)
-            autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
-                        else torch.autocast(device.type, enabled=False))
+            def autocast(precision=precision):
+                return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
-            def run_ours():
-                with torch.inference_mode(), autocast:
+            def run_ours(pixels=pixels):
+                with torch.inference_mode(), autocast():
                     return ours.encode_image(pixels).patch_tokens
 
-            def run_theirs():
-                with torch.inference_mode(), autocast:
+            def run_theirs(pixels=pixels):
+                with torch.inference_mode(), autocast():
                     return theirs.vision_model(pixel_values=pixels).last_hidden_state
 
             with torch.inference_mode():
