@@ -129,3 +129,20 @@ def reference_text(state: dict, ids: torch.Tensor, paddings: torch.Tensor, heads
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+TINY_CORPUS_CLASSES = ["cat", "dog", "person", "car", "pizza", "circle", "square", "triangle", "star", "cross",
+                       "ring", "diamond", "hexagon", "background"]
+
+
+def make_tiny_checkpoint(folder: Path, seed: int = 4) -> Path:
+    """A random ``tiny`` checkpoint in the official layout with a small SentencePiece tokenizer beside it
+    (so load_pretrained attaches it). Returns the ``*_vision.npz`` path; load it with ``config="tiny"``."""
+    from open_tips.data.tokenizer import Tokenizer
+    from open_tips.models import get_config
+
+    vision_path, _, _ = write_official_npz(folder, get_config("tiny"), seed=seed)
+    texts = [f"a photo of a {c}" for c in TINY_CORPUS_CLASSES] * 10
+    texts += ["itap of a bad origami art video game the large small many photos"] * 5
+    Tokenizer.train(texts, folder / "tokenizer", vocab_size=80)
+    return vision_path

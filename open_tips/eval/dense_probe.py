@@ -33,7 +33,7 @@ class DenseLinearProbe(nn.Module):
 
 def fit_dense_probe(inputs: torch.Tensor, targets: torch.Tensor, out_dim: int,
                     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], epochs: int = 40,
-                    lr: float = 1e-2, weight_decay: float = 1e-4, batch_size: int = 16,
+                    lr: float = 1e-1, weight_decay: float = 1e-4, batch_size: int = 16,
                     desc: str = "dense probe") -> DenseLinearProbe:
     """inputs [N, C, h, w]; targets [N, H, W, ...]; loss_fn(upsampled logits, targets)."""
     torch.manual_seed(0)

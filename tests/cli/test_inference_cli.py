@@ -10,10 +10,9 @@ from PIL import Image
 
 import open_tips
 from open_tips.cli import main
-from open_tips.data.tokenizer import Tokenizer
 from open_tips.inference.images import load_image
 from open_tips.inference.zeroshot import class_embeddings, image_embedding, load_templates
-from tests.helpers import write_official_npz
+from tests.helpers import make_tiny_checkpoint
 
 COCO = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "coco-mini" / "val2017"
 CLASSES = "cat,dog,person,car,pizza"
@@ -21,12 +20,7 @@ CLASSES = "cat,dog,person,car,pizza"
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ckpt")
-    vision_path, _, _ = write_official_npz(folder, open_tips.get_config("tiny"), seed=4)
-    texts = [f"a photo of a {c}" for c in CLASSES.split(",")] * 10 + ["itap of a bad origami art video game"] * 5
-    tok = Tokenizer.train(texts + ["the large small many photo of the"], folder / "tokenizer", vocab_size=60)
-    assert tok.vocab_size <= 512
-    return vision_path
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 @pytest.fixture(scope="module")
