@@ -1,1 +1,1 @@
-"""open_tips.captions."""
+"""Synthetic caption generation with a local image-to-text model (PaliGemma by default)."""
