@@ -22,23 +22,34 @@ class TIPSBatchBuilder:
         self.caption_policy = caption_policy or CaptionPolicy()
         self.patch_size = patch_size
 
-    def __call__(self, samples: list[dict]) -> dict:
+    def _one(self, sample: dict) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, str]:
+        global_crop, local_crops = self.crops(sample["image"])
+        grid_h, grid_w = (s // self.patch_size for s in global_crop.shape[-2:])
+        return global_crop, local_crops, self.mask_generator(grid_h, grid_w), self.caption_policy.choose(sample)
+
+    def __call__(self, samples: list[dict], seeds: list[int] | None = None) -> dict:
+        """``seeds`` (one per sample) make each sample's crops, mask and caption choice a function of its
+        seed alone, so the same sample is augmented identically whatever the batch split across ranks."""
         if not samples:
             raise ValueError("cannot build a batch from no samples")
-        globals_, locals_ = [], []
-        for sample in samples:
-            global_crop, local_crops = self.crops(sample["image"])
-            globals_.append(global_crop)
-            locals_.append(local_crops)
+        parts = []
+        for index, sample in enumerate(samples):
+            if seeds is None:
+                parts.append(self._one(sample))
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seeds[index])
+                    parts.append(self._one(sample))
+        globals_ = [p[0] for p in parts]
+        locals_ = [p[1] for p in parts]
         global_crops = torch.stack(globals_)
-        grid_h, grid_w = (s // self.patch_size for s in global_crops.shape[-2:])
-        masks = torch.stack([self.mask_generator(grid_h, grid_w) for _ in samples])
+        masks = torch.stack([p[2] for p in parts])
         num_local = len(locals_[0])
         # Crop-major: all samples' local crop 0, then crop 1, ... (so chunk(M) gives one crop per chunk).
         local_crops = (torch.stack([locals_[b][m] for m in range(num_local) for b in range(len(samples))])
                        if num_local else None)
         web_ids, web_padding = self.tokenizer([s["web_caption"] for s in samples])
-        synthetic_ids, synthetic_padding = self.tokenizer([self.caption_policy.choose(s) for s in samples])
+        synthetic_ids, synthetic_padding = self.tokenizer([p[3] for p in parts])
         return {
             "global_crops": global_crops,
             "local_crops": local_crops,

@@ -96,20 +96,20 @@ class StepBatches(Dataset):
             self._perm_epoch = epoch
         return self._perm
 
+    def positions(self, step: int) -> range:
+        """Positions in the endless epoch-concatenated sample stream that this rank takes at ``step``."""
+        start = step * self.batch_size * self.world_size + self.rank * self.batch_size
+        return range(start, start + self.batch_size)
+
     def indices(self, step: int) -> list[int]:
         size = len(self.dataset)
-        global_batch = self.batch_size * self.world_size
-        start = step * global_batch + self.rank * self.batch_size
-        out = []
-        for position in range(start, start + self.batch_size):
-            out.append(int(self._permutation(position // size)[position % size]))
-        return out
+        return [int(self._permutation(p // size)[p % size]) for p in self.positions(step)]
 
     def __getitem__(self, step: int) -> dict:
         samples = [self.dataset[i] for i in self.indices(step)]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 7_919 + step) * 131 + self.rank)
-            return self.builder(samples)
+        # Augmentation seeded per stream position: identical whatever the world size or batch split.
+        seeds = [self.seed * 1_000_000_007 + p for p in self.positions(step)]
+        return self.builder(samples, seeds=seeds)
 
 
 class _StepSampler(torch.utils.data.Sampler):

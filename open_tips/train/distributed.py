@@ -38,6 +38,15 @@ class DistContext:
         dist.all_gather_object(out, obj)
         return out
 
+    def mean_values(self, values: dict[str, float]) -> dict[str, float]:
+        """Averages scalar metrics over ranks (so logged losses are those of the global batch)."""
+        if not self.enabled or not values:
+            return values
+        keys = sorted(values)
+        tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device or "cpu")
+        dist.all_reduce(tensor)
+        return {k: float(v) / self.world_size for k, v in zip(keys, tensor.tolist())}
+
     def all_true(self, flag: bool) -> bool:
         """True only if ``flag`` holds on every rank (so all ranks skip a non-finite step together)."""
         if not self.enabled:

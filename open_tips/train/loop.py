@@ -204,6 +204,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
             progress.update(1)
             continue
         consecutive_nonfinite = 0
+        sums = ctx.mean_values(sums)
 
         scaler.unscale_(optimizer)
         grad_norm = dist_utils.clip_grad_norm(objective, cfg.optim.grad_clip, ctx)
@@ -223,7 +224,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
             last_metrics[f"skipped_{reason}"] = count
         if (step + 1) % cfg.train.log_every == 0 or step == start_step or step + 1 == total_steps:
             elapsed = max(time.perf_counter() - window_start, 1e-9)
-            last_metrics["images_per_s"] = images_seen / elapsed
+            last_metrics["images_per_s"] = images_seen / elapsed  # whole job
+            last_metrics["images_per_s_per_rank"] = images_seen / elapsed / ctx.world_size
             images_seen, window_start = 0, time.perf_counter()
             metrics.log(step, last_metrics)
         progress.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in sums.items()} | {"lr": f"{lr:.1e}"},
