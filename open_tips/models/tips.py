@@ -27,7 +27,8 @@ class TIPSModel(nn.Module):
         self.cfg = cfg
         self.vision = VisionTransformer(cfg.vision)
         self.text = TextTransformer(cfg.text) if cfg.text is not None else None
-        self.log_temperature = nn.Parameter(torch.tensor(math.log(cfg.temperature)))
+        # Shape [1], not a scalar: FSDP2 cannot shard 0-d parameters.
+        self.log_temperature = nn.Parameter(torch.tensor([math.log(cfg.temperature)]))
         self.tokenizer = tokenizer
 
     @property

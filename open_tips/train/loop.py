@@ -218,7 +218,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
         objective.update_teacher(momentum)
 
         last_metrics = {**sums, "lr": lr, "weight_decay": wd, "teacher_momentum": momentum,
-                        "teacher_temp": teacher_temp, "temperature": float(model.temperature.detach()),
+                        "teacher_temp": teacher_temp,
                         "grad_norm": float(grad_norm)}
         for reason, count in _total_skips(skip_by_worker, ctx).items():
             last_metrics[f"skipped_{reason}"] = count

@@ -45,7 +45,7 @@ class TIPSObjective(nn.Module):
                                   center_momentum=loss.center_momentum) if loss.distill else None
         self.ibot_loss = IBOTPatchLoss(loss.head_out_dim, student_temp=loss.student_temp,
                                        center_momentum=loss.center_momentum) if loss.mim else None
-        self.siglip_bias = nn.Parameter(torch.tensor(-10.0)) if loss.contrastive == "sigmoid" else None
+        self.siglip_bias = nn.Parameter(torch.tensor([-10.0])) if loss.contrastive == "sigmoid" else None
         self.teacher = Teacher(cfg.teacher.kind, model.vision, self.dino_head, self.ibot_head) \
             if (loss.distill or loss.mim) else None
 
@@ -134,4 +134,5 @@ class TIPSObjective(nn.Module):
             out["loss_koleo"] = koleo_loss(contrast[:, 0])
             total = total + cfg.koleo_weight * out["loss_koleo"]
         out["loss"] = total
+        out["temperature"] = self.model.temperature.detach().reshape(())
         return out
