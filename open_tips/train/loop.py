@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import random
 import time
@@ -276,6 +275,3 @@ def _evaluate(model: TIPSModel, run_dir: Path, cfg: TrainConfig, device: torch.d
                                seed=cfg.train.seed)
     return results if isinstance(results, dict) else None
 
-
-def safe_float(value: float) -> float | None:
-    return value if math.isfinite(value) else None
