@@ -63,7 +63,7 @@ def test_variant_losses_and_gradients(name):
     if cfg.loss.distill:
         assert objective.dino_head.last_layer.parametrizations.weight.original1.grad is not None
     if name == "clip-web":  # CLS2 is not trained against text here, but still receives attention gradients
-        assert out.keys() == {"loss_contrastive", "loss"}
+        assert out.keys() == {"loss_contrastive", "loss", "temperature"}
 
 
 def test_head_only_ema_holds_no_second_backbone():
