@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     with torch.no_grad():
         for paths, pixels in batched_images(list_images(args.inputs), image_size, args.batch_size,
                                             args.keep_aspect, skipped):
-            images = image_embedding(model.encode_image(pixels.to(device)), args.cls)
+            out = model.encode_image(pixels.to(device))
+            images = image_embedding(out.cls_web, out.cls_synthetic, args.cls)
             probs = (images @ classes.T / temperature).softmax(dim=-1).cpu()
             for path, row in zip(paths, probs):
                 top = torch.topk(row, min(args.top_k, len(names)))

@@ -52,10 +52,10 @@ def class_embeddings(model, class_names: list[str], templates: list[str], batch_
     return F.normalize(per_prompt.mean(dim=1), dim=-1)
 
 
-def image_embedding(embeddings, which: str) -> torch.Tensor:
+def image_embedding(cls_web: torch.Tensor, cls_synthetic: torch.Tensor, which: str) -> torch.Tensor:
     """Unit image vectors from ``cls_web``, ``cls_synthetic`` or the mean of both (each normalised first)."""
-    web = F.normalize(embeddings.cls_web, dim=-1)
-    synthetic = F.normalize(embeddings.cls_synthetic, dim=-1)
+    web = F.normalize(cls_web, dim=-1)
+    synthetic = F.normalize(cls_synthetic, dim=-1)
     if which == "web":
         return web
     if which == "synthetic":

@@ -9,12 +9,6 @@ from torch import nn
 from open_tips.losses._dist import all_reduce_mean
 
 
-def teacher_temp_at(step: int, warmup_steps: int, start: float = 0.04, end: float = 0.07) -> float:
-    if warmup_steps <= 0 or step >= warmup_steps:
-        return end
-    return start + (end - start) * step / warmup_steps
-
-
 class DINOLoss(nn.Module):
     def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
         super().__init__()

@@ -21,11 +21,11 @@ from open_tips.train.config import TrainConfig
 log = logging.getLogger(__name__)
 
 
-def _builtin_dataset(cfg: TrainConfig, seed_offset: int = 0):
+def _builtin_dataset(cfg: TrainConfig):
     from open_tips.data.builtin import BuiltinShapes
 
     return BuiltinShapes(num_samples=cfg.data.num_samples, image_size=cfg.data.builtin_image_size,
-                         seed=cfg.train.seed + seed_offset, caption_noise=cfg.data.caption_noise)
+                         seed=cfg.train.seed, caption_noise=cfg.data.caption_noise)
 
 
 def _caption_texts(sample: dict) -> list[str]:
