@@ -1,17 +1,25 @@
-"""Image-text contrastive losses: softmax InfoNCE (CLIP) and sigmoid (SigLIP), with cross-rank negatives."""
+"""Image-text contrastive losses: softmax InfoNCE (CLIP) and sigmoid (SigLIP), with cross-rank negatives.
+
+Logits are computed in float32 with autocast off: at TIPS temperatures (~0.005) a bf16 cosine error of
+~4e-3 would move a logit by ~1, which is the scale of the signal.
+"""
 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from open_tips.losses._dist import is_distributed
+from open_tips.losses._dist import is_distributed, rank
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """All-gathers ``x`` along dim 0 across ranks; gradients flow back to each rank's own shard."""
+    """All-gathers ``x`` along dim 0 across ranks (every rank must pass the same shape).
+
+    The backward sums the gradients of all ranks' copies into each rank's own shard, so with DDP's gradient
+    averaging a per-rank loss behaves like the mean of the per-rank losses over the global batch.
+    Identity when torch.distributed is not initialised (or has a single rank).
+    """
     if not is_distributed():
         return x
     from torch.distributed.nn.functional import all_gather
@@ -19,65 +27,91 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(x), dim=0)
 
 
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x.float(), dim=-1)
+
+
+def _check_pairs(image_emb: torch.Tensor, text_emb: torch.Tensor) -> None:
+    if image_emb.ndim != 2 or image_emb.shape != text_emb.shape:
+        raise ValueError(f"expected matching [B, D] embeddings, got {tuple(image_emb.shape)} and "
+                         f"{tuple(text_emb.shape)}")
+
+
 def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, temperature: torch.Tensor | float, *,
               gather: bool = True, local_loss: bool = True) -> torch.Tensor:
-    """Symmetric softmax cross-entropy on cosine / temperature.
+    """Symmetric softmax cross-entropy on ``cosine / temperature`` (mean of image->text and text->image).
 
-    Distributed with ``local_loss`` (open_clip's trick): each rank scores its own rows against all gathered
-    columns, labels offset by ``rank * B``; the mean over ranks equals the full-batch loss.
+    Distributed with ``gather``: negatives come from all ranks, with gradient. With ``local_loss``
+    (open_clip's trick) each rank scores only its own B rows against all W*B gathered columns, labels offset by
+    ``rank * B``: O(B * W*B) logits instead of O((W*B)^2), and the mean over ranks equals the full-batch loss.
+    Without ``local_loss`` every rank computes the full-batch loss. Per-rank batches must have equal size.
     """
-    image = F.normalize(image_emb, dim=-1)
-    text = F.normalize(text_emb, dim=-1)
-    if gather and is_distributed():
-        all_image, all_text = gather_with_grad(image), gather_with_grad(text)
-        if local_loss:
-            offset = dist.get_rank() * image.shape[0]
-            labels = torch.arange(image.shape[0], device=image.device) + offset
-            logits_image = image @ all_text.T / temperature
-            logits_text = text @ all_image.T / temperature
-            return 0.5 * (F.cross_entropy(logits_image, labels) + F.cross_entropy(logits_text, labels))
-        image, text = all_image, all_text
-    logits = image @ text.T / temperature
-    labels = torch.arange(logits.shape[0], device=logits.device)
-    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+    _check_pairs(image_emb, text_emb)
+    with torch.autocast(image_emb.device.type, enabled=False):
+        image, text = _unit(image_emb), _unit(text_emb)
+        offset = 0
+        if gather and is_distributed():
+            all_image, all_text = gather_with_grad(image), gather_with_grad(text)
+            if local_loss:
+                offset = rank() * image.shape[0]
+                logits_image = image @ all_text.T / temperature  # [B, W*B]
+                logits_text = text @ all_image.T / temperature
+            else:
+                logits_image = all_image @ all_text.T / temperature  # [W*B, W*B]
+                logits_text = logits_image.T
+        else:
+            logits_image = image @ text.T / temperature
+            logits_text = logits_image.T
+        labels = torch.arange(logits_image.shape[0], device=logits_image.device) + offset
+        return 0.5 * (F.cross_entropy(logits_image, labels) + F.cross_entropy(logits_text, labels))
 
 
 def siglip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, temperature: torch.Tensor | float,
-                bias: torch.Tensor | float) -> torch.Tensor:
-    """Pairwise sigmoid loss (SigLIP): -log sigmoid(z_ij (cos_ij / T + b)), z = +1 on the diagonal else -1,
-    summed over pairs and divided by the batch size. Negatives from other ranks are gathered (no gradient
-    to them beyond the local shard's own columns)."""
-    image = F.normalize(image_emb, dim=-1)
-    text = F.normalize(text_emb, dim=-1)
-    offset = 0
-    if is_distributed():
-        text = gather_with_grad(text)
-        offset = dist.get_rank() * image.shape[0]
-    logits = image @ text.T / temperature + bias
-    signs = -torch.ones_like(logits)
-    rows = torch.arange(image.shape[0], device=logits.device)
-    signs[rows, rows + offset] = 1.0
-    return -F.logsigmoid(signs * logits).sum() / image.shape[0]
+                bias: torch.Tensor | float, *, gather: bool = True) -> torch.Tensor:
+    """Pairwise sigmoid loss (SigLIP): sum over pairs of -log sigmoid(z_ij (cos_ij / T + b)), z = +1 for the
+    matching pair and -1 otherwise, divided by the batch size.
+
+    Distributed with ``gather``: each rank scores its own images against all ranks' texts (gathered with
+    gradient), so every pair of the global batch is scored exactly once and the mean over ranks equals the
+    full-batch loss.
+    """
+    _check_pairs(image_emb, text_emb)
+    with torch.autocast(image_emb.device.type, enabled=False):
+        image, text = _unit(image_emb), _unit(text_emb)
+        offset = 0
+        if gather and is_distributed():
+            text = gather_with_grad(text)
+            offset = rank() * image.shape[0]
+        logits = image @ text.T / temperature + bias  # [B, W*B]
+        rows = torch.arange(image.shape[0], device=logits.device)
+        signs = torch.full_like(logits, -1.0)
+        signs[rows, rows + offset] = 1.0
+        return -F.logsigmoid(signs * logits).sum() / image.shape[0]
 
 
 class DualContrastiveLoss(nn.Module):
-    """TIPS: mean of CLIP(CLS1, web caption) and CLIP(CLS2, synthetic caption), one shared temperature."""
+    """TIPS: mean of CLIP(CLS1, web caption) and CLIP(CLS2, synthetic caption) with one shared temperature
+    (a model parameter, passed in; so is the SigLIP bias)."""
 
-    def __init__(self, kind: str = "softmax") -> None:
+    def __init__(self, kind: str = "softmax", *, gather: bool = True, local_loss: bool = True) -> None:
         super().__init__()
         if kind not in ("softmax", "sigmoid"):
             raise ValueError(f"kind must be softmax or sigmoid, got {kind!r}")
         self.kind = kind
+        self.gather = gather
+        self.local_loss = local_loss
 
-    def forward(self, cls_web: torch.Tensor, cls_synthetic: torch.Tensor, web_text: torch.Tensor,
-                synthetic_text: torch.Tensor, temperature: torch.Tensor,
-                bias: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def _pair(self, image: torch.Tensor, text: torch.Tensor, temperature: torch.Tensor | float,
+              bias: torch.Tensor | float | None) -> torch.Tensor:
         if self.kind == "sigmoid":
             if bias is None:
                 raise ValueError("the sigmoid loss needs a bias")
-            web = siglip_loss(cls_web, web_text, temperature, bias)
-            synthetic = siglip_loss(cls_synthetic, synthetic_text, temperature, bias)
-        else:
-            web = clip_loss(cls_web, web_text, temperature)
-            synthetic = clip_loss(cls_synthetic, synthetic_text, temperature)
+            return siglip_loss(image, text, temperature, bias, gather=self.gather)
+        return clip_loss(image, text, temperature, gather=self.gather, local_loss=self.local_loss)
+
+    def forward(self, cls_web: torch.Tensor, cls_synthetic: torch.Tensor, web_text_emb: torch.Tensor,
+                synthetic_text_emb: torch.Tensor, temperature: torch.Tensor | float,
+                bias: torch.Tensor | float | None = None) -> dict[str, torch.Tensor]:
+        web = self._pair(cls_web, web_text_emb, temperature, bias)
+        synthetic = self._pair(cls_synthetic, synthetic_text_emb, temperature, bias)
         return {"loss": 0.5 * (web + synthetic), "loss_web": web, "loss_synthetic": synthetic}
