@@ -1,1 +1,6 @@
-"""open_tips.data."""
+"""open_tips.data: everything between raw image-caption data and the trainer's batches.
+
+builtin (procedural dataset with ground truth), shards (WebDataset read/write), folder (captions.jsonl / COCO),
+decode (robust decoding, skip reasons), crops, masking, captions (caption choice), collate (batch builder),
+tokenizer. Import the submodules directly; this package imports nothing, to keep ``import`` cheap.
+"""

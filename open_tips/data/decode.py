@@ -1,67 +1,104 @@
-"""Robust decoding of one training sample: every failure is a named reason, never an exception.
+"""Robust decoding of one training sample: every failure is a named reason, never an uncaught exception.
 
-Reasons: ``corrupt_image`` (undecodable or truncated), ``image_too_large`` (decompression-bomb limit),
-``image_too_small``, ``missing_image``, ``malformed_json``, ``missing_caption`` (no/empty web caption),
-``missing_json``.
+``decode_image`` and ``parse_metadata`` raise ``SkipSample(reason)``; readers catch it, count the reason in a
+``SkipCounter`` and go on. Reasons used across open_tips.data:
+
+- ``corrupt_image``: undecodable or truncated image bytes
+- ``image_too_large``: more pixels than the decompression-bomb limit (``max_pixels``)
+- ``image_too_small``: a side shorter than ``min_side`` pixels
+- ``unsupported_mode``: a pixel format that cannot be converted to RGB
+- ``missing_image``: no image member / file
+- ``missing_json``: no metadata (and no ``.txt`` caption) in a shard sample
+- ``malformed_json``: metadata that is not a JSON object
+- ``missing_caption``: no or empty ``web_caption``
+- ``truncated_tar_member``, ``corrupt_shard``, ``unreadable_shard``: damaged archives (see shards.py)
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import warnings
 from collections import Counter
 
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageOps
 
 from open_tips.data.captions import normalise_synthetic
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
-DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own decompression-bomb threshold
+DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default decompression-bomb threshold (Image.MAX_IMAGE_PIXELS)
 MIN_SIDE = 8
+
+log = logging.getLogger("open_tips.data")
 
 
 class SkipSample(Exception):
+    """A sample that must be skipped; ``reason`` is one of the names in the module docstring."""
+
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Bytes -> RGB PIL image. Any mode (CMYK, I;16, P, RGBA, LA, L, 1) is converted to RGB."""
+def _to_rgb(image: Image.Image) -> Image.Image:
+    mode = image.mode
+    if mode.startswith("I;16") or mode == "I":
+        # 16-bit greyscale (PNG/TIFF): map 0..65535 to 0..255 (keeps absolute brightness, unlike a min-max).
+        array = np.asarray(image).astype(np.float32)
+        return Image.fromarray(np.clip(array / 257.0, 0, 255).round().astype(np.uint8), "L").convert("RGB")
+    if mode == "F":  # float images: 0..1 or 0..255 by their range
+        array = np.nan_to_num(np.asarray(image, dtype=np.float32))
+        scale = 255.0 if float(array.max(initial=0.0)) <= 1.0 else 1.0
+        return Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
+        # Transparency over white, as a browser shows alt-texted web images (a black fill would invent content).
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")  # RGB, L, 1, P, CMYK, YCbCr, ...
+
+
+def decode_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE) -> Image.Image:
+    """Encoded bytes -> RGB PIL image, or SkipSample.
+
+    Any mode (CMYK, I;16, P, RGBA, LA, L, 1, ...) is converted to RGB; the EXIF orientation is applied. The size
+    is checked against ``max_pixels`` from the header, before any pixel is decoded (None = no limit of ours;
+    PIL's own hard error above 2 x Image.MAX_IMAGE_PIXELS still applies and is counted the same way)."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our own limit replaces PIL's warning, so that a limit above PIL's default is honoured.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             width, height = image.size
-            if width * height > max_pixels:
-                raise SkipSample("image_too_large", f"{width}x{height}")
-            image.load()
+            if max_pixels is not None and width * height > max_pixels:
+                raise SkipSample("image_too_large", f"{width}x{height} > {max_pixels} pixels")
+            image.load()  # decodes now: truncated or damaged data fails here
     except SkipSample:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+    except Image.DecompressionBombError as err:
         raise SkipSample("image_too_large", str(err)) from err
-    except Exception as err:  # noqa: BLE001 - PIL raises many kinds for damaged files
+    except Exception as err:  # noqa: BLE001 - PIL raises many kinds (OSError, SyntaxError, ValueError, ...)
         raise SkipSample("corrupt_image", f"{type(err).__name__}: {err}") from err
-    if min(image.size) < MIN_SIDE:
+    if min(image.size) < min_side:
         raise SkipSample("image_too_small", f"{image.size[0]}x{image.size[1]}")
-    if image.mode == "I;16" or image.mode.startswith("I;16") or image.mode in ("I", "F"):
-        # 16/32-bit greyscale: rescale to 8 bits rather than clipping
-        import numpy as np
-
-        array = np.asarray(image, dtype=np.float32)
-        high = float(array.max()) or 1.0
-        image = Image.fromarray((array / high * 255.0).clip(0, 255).astype("uint8"), mode="L")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        image = image.convert("RGBA")
-        background = Image.new("RGB", image.size, (255, 255, 255))
-        background.paste(image, mask=image.getchannel("A"))
-        return background
-    return image.convert("RGB")
+    try:
+        ImageOps.exif_transpose(image, in_place=True)  # photos shot rotated: show them as a viewer would
+    except Exception:  # noqa: BLE001 - a damaged EXIF block must not lose an otherwise good image
+        pass
+    try:
+        return _to_rgb(image)
+    except (ValueError, OSError, TypeError) as err:
+        raise SkipSample("unsupported_mode", f"{image.mode}: {err}") from err
 
 
-def parse_metadata(data: bytes | str | dict) -> dict:
-    """JSON metadata -> {"web_caption": str, "synthetic_captions": [dict], ...}; raises SkipSample."""
+def parse_metadata(data: bytes | str | dict, fallback_caption: bytes | str | None = None) -> dict:
+    """JSON metadata -> {"web_caption": str, "synthetic_captions": [dict], ...other fields}, or SkipSample.
+
+    ``fallback_caption`` (e.g. a shard's ``.txt`` member, as img2dataset writes) stands in for a missing
+    ``web_caption``."""
     if isinstance(data, dict):
         meta = dict(data)
     else:
@@ -70,8 +107,10 @@ def parse_metadata(data: bytes | str | dict) -> dict:
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise SkipSample("malformed_json", str(err)) from err
     if not isinstance(meta, dict):
-        raise SkipSample("malformed_json", "top level is not an object")
+        raise SkipSample("malformed_json", f"top level is {type(meta).__name__}, not an object")
     web = meta.get("web_caption")
+    if (not isinstance(web, str) or not web.strip()) and fallback_caption is not None:
+        web = fallback_caption.decode("utf-8", "replace") if isinstance(fallback_caption, bytes) else fallback_caption
     if not isinstance(web, str) or not web.strip():
         raise SkipSample("missing_caption", "web_caption missing or empty")
     meta["web_caption"] = web.strip()
@@ -80,11 +119,15 @@ def parse_metadata(data: bytes | str | dict) -> dict:
 
 
 class SkipCounter(Counter):
-    """Counts skipped samples per reason; logs the first occurrence of each reason."""
+    """Skipped samples per reason. Logs a warning the first time each reason occurs (per instance, i.e. per
+    reader process), with the sample's key, so a bad source is visible without flooding the log."""
 
     def add(self, reason: str, key: str, detail: str = "") -> None:
-        import logging
-
         if self[reason] == 0:
-            logging.getLogger("open_tips.data").warning("skipping sample %s: %s %s", key, reason, detail)
+            log.warning("skipping sample %s: %s %s (further %r skips are only counted)", key, reason, detail,
+                        reason)
         self[reason] += 1
+
+
+__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "MIN_SIDE", "SkipCounter", "SkipSample", "decode_image",
+           "parse_metadata"]

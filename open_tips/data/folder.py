@@ -1,8 +1,24 @@
-"""Map-style datasets over image folders: a ``captions.jsonl`` layout and the COCO captions layout."""
+"""Map-style datasets over image folders: the ``captions.jsonl`` layout and the COCO captions layout.
+
+``FolderDataset(source)`` accepts
+- a folder with ``captions.jsonl`` (one JSON object per line: ``{"image": "relative/path.jpg", "web_caption": ...,
+  "synthetic_captions": [...]}``, paths relative to the folder), or the ``.jsonl`` file itself;
+- a COCO captions file (``annotations/captions_<split>.json``) with ``image_dir`` (default: ``<split>`` beside
+  the ``annotations`` folder, e.g. ``val2017``): the first caption of an image is its ``web_caption``, the others
+  are synthetic captions with template ``coco`` (human-written, so ``model`` is ``human``);
+- a COCO root folder (``annotations/captions_*.json`` + one image folder per split): all splits together.
+
+Skip rules are the shards' (open_tips.data.decode): bad index entries (malformed JSON, no web caption, no
+image path) are dropped at construction; an image that fails to load at ``dataset[i]`` is replaced by the next
+loadable sample (a map-style dataset cannot shrink on the fly), and both are counted per reason in
+``skipped``. Samples carry ``__skip_counts__`` like shard samples: ``{"folder-index:<source>": counts at
+construction, "folder:<pid>": load-time counts of this process}``, so the trainer can report them from workers.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -10,71 +26,35 @@ from torch.utils.data import Dataset
 
 from open_tips.data.decode import DEFAULT_MAX_PIXELS, SkipCounter, SkipSample, decode_image, parse_metadata
 
-
-class FolderDataset(Dataset):
-    """``root/captions.jsonl``: one JSON object per line, ``{"image": "rel/path.jpg", "web_caption": ...,
-    "synthetic_captions": [...]}``. Malformed lines are counted at construction; unreadable images are
-    replaced by the next readable sample (and counted) so that indexing never raises."""
-
-    def __init__(self, root: str | Path, captions_file: str = "captions.jsonl",
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-        self.root = Path(root)
-        self.max_pixels = max_pixels
-        self.skipped = SkipCounter()
-        path = self.root / captions_file
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no captions file (expected JSON lines with image + web_caption)")
-        self.records: list[dict] = []
-        for line_number, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                meta = parse_metadata(line)
-            except SkipSample as skip:
-                self.skipped.add(skip.reason, f"{path}:{line_number}", str(skip))
-                continue
-            if not isinstance(meta.get("image"), str):
-                self.skipped.add("missing_image", f"{path}:{line_number}")
-                continue
-            meta.setdefault("__key__", Path(meta["image"]).stem)
-            self.records.append(meta)
-        if not self.records:
-            raise ValueError(f"{path}: no usable samples ({dict(self.skipped)})")
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def load(self, index: int) -> dict:
-        """The sample or SkipSample."""
-        record = self.records[index]
-        image_path = self.root / record["image"]
-        try:
-            data = image_path.read_bytes()
-        except OSError as err:
-            raise SkipSample("missing_image", str(image_path)) from err
-        return {**record, "image": decode_image(data, self.max_pixels)}
-
-    def __getitem__(self, index: int) -> dict:
-        for offset in range(len(self.records)):
-            current = (index + offset) % len(self.records)
-            try:
-                return self.load(current)
-            except SkipSample as skip:
-                self.skipped.add(skip.reason, self.records[current].get("image", "?"), str(skip))
-        raise RuntimeError(f"{self.root}: no readable image at all")
+CAPTIONS_FILE = "captions.jsonl"
 
 
-def coco_caption_records(annotation_file: str | Path, image_dir: str | Path) -> list[dict]:
-    """COCO ``captions_*.json`` -> records with the first caption as ``web_caption`` and the others as
-    synthetic captions (template ``coco``)."""
-    data = json.loads(Path(annotation_file).read_text())
+def coco_caption_records(annotation_file: str | Path, image_dir: str | Path | None = None,
+                         skipped: SkipCounter | None = None) -> list[dict]:
+    """COCO ``captions_*.json`` -> records ``{"__key__", "image": path, "web_caption", "synthetic_captions"}``
+    (first caption = web caption, the others template ``coco``); images without a caption are counted as
+    ``missing_caption`` in ``skipped``."""
+    annotation_file = Path(annotation_file)
+    if image_dir is None:
+        split = annotation_file.stem.split("_", 1)[-1]  # captions_val2017 -> val2017
+        image_dir = annotation_file.parent.parent / split
+    try:
+        data = json.loads(annotation_file.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{annotation_file}: not a readable COCO captions file ({err})") from err
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise ValueError(f"{annotation_file}: no 'images' list; not a COCO captions file")
     captions: dict[int, list[str]] = defaultdict(list)
     for ann in data.get("annotations", []):
-        captions[ann["image_id"]].append(ann["caption"].strip())
+        text = ann.get("caption") if isinstance(ann, dict) else None
+        if isinstance(text, str) and text.strip():
+            captions[ann.get("image_id")].append(" ".join(text.split()))
     records = []
-    for image in data.get("images", []):
-        texts = captions.get(image["id"], [])
+    for image in data["images"]:
+        texts = captions.get(image.get("id"), [])
         if not texts:
+            if skipped is not None:
+                skipped.add("missing_caption", str(image.get("file_name", image.get("id"))))
             continue
         records.append({
             "__key__": Path(image["file_name"]).stem,
@@ -85,12 +65,112 @@ def coco_caption_records(annotation_file: str | Path, image_dir: str | Path) -> 
     return records
 
 
-class CocoCaptionsDataset(FolderDataset):
-    def __init__(self, annotation_file: str | Path, image_dir: str | Path,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-        self.root = Path("/")
+class FolderDataset(Dataset):
+    """Image-caption samples from a folder (see the module docstring for the accepted layouts)."""
+
+    def __init__(self, source: str | Path, captions_file: str = CAPTIONS_FILE, image_dir: str | Path | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+        source = Path(source)
+        self.source = source
         self.max_pixels = max_pixels
-        self.skipped = SkipCounter()
-        self.records = coco_caption_records(annotation_file, image_dir)
+        self.index_skipped = SkipCounter()  # at construction, in the parent process: reported once
+        self.skipped = SkipCounter()  # at load time, per process
+        if source.is_file() and source.suffix == ".json":
+            self.layout = "coco"
+            self.root = Path()  # records hold full paths (absolute or relative to the working directory)
+            self.records = coco_caption_records(source, image_dir, self.index_skipped)
+        elif source.is_file() or (source / captions_file).is_file():
+            self.layout = "jsonl"
+            path = source if source.is_file() else source / captions_file
+            self.root = path.parent
+            self.records = self._read_jsonl(path)
+        elif sorted((source / "annotations").glob("captions_*.json")):
+            self.layout = "coco"
+            self.root = Path()  # records hold full paths (absolute or relative to the working directory)
+            self.records = []
+            for annotation_file in sorted((source / "annotations").glob("captions_*.json")):
+                self.records.extend(coco_caption_records(annotation_file, None, self.index_skipped))
+        else:
+            raise FileNotFoundError(f"{source}: neither a {captions_file} nor annotations/captions_*.json "
+                                    "(COCO) found")
         if not self.records:
-            raise ValueError(f"{annotation_file}: no image with captions")
+            raise ValueError(f"{source}: no usable samples (skipped: {dict(self.index_skipped)})")
+
+    def _read_jsonl(self, path: Path) -> list[dict]:
+        records = []
+        with open(path, encoding="utf-8", errors="replace") as lines:
+            for line_number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{line_number}"
+                try:
+                    meta = parse_metadata(line)
+                except SkipSample as skip:
+                    self.index_skipped.add(skip.reason, where, str(skip))
+                    continue
+                if not isinstance(meta.get("image"), str) or not meta["image"].strip():
+                    self.index_skipped.add("missing_image", where, "no image path")
+                    continue
+                meta.setdefault("__key__", Path(meta["image"]).with_suffix("").as_posix())
+                records.append(meta)
+        return records
+
+    @property
+    def all_skipped(self) -> dict[str, int]:
+        """Construction-time and load-time skips of this process, per reason."""
+        return dict(self.index_skipped + self.skipped)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def image_path(self, index: int) -> Path:
+        return self.root / self.records[index]["image"]
+
+    def encoded(self, index: int) -> dict:
+        """The record with ``image`` as the file's bytes (checked to decode) and ``image_ext``; or SkipSample.
+        For re-packing into shards without re-encoding."""
+        path = self.image_path(index)
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise SkipSample("missing_image", f"{path}: {err}") from err
+        decode_image(data, self.max_pixels)
+        ext = path.suffix.lower().lstrip(".") or "jpg"
+        return {**self.records[index], "image": data, "image_ext": "jpg" if ext == "jpeg" else ext}
+
+    def load(self, index: int) -> dict:
+        """Sample ``index`` with the decoded RGB image, or SkipSample."""
+        path = self.image_path(index)
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise SkipSample("missing_image", f"{path}: {err}") from err
+        return {**self.records[index], "image": decode_image(data, self.max_pixels)}
+
+    def __getitem__(self, index: int) -> dict:
+        if index < 0:
+            index += len(self.records)
+        if not 0 <= index < len(self.records):
+            raise IndexError(index)
+        for offset in range(len(self.records)):
+            current = (index + offset) % len(self.records)
+            try:
+                sample = self.load(current)
+            except SkipSample as skip:
+                self.skipped.add(skip.reason, self.records[current]["image"], str(skip))
+                continue
+            sample["__skip_counts__"] = {f"folder-index:{self.source}": dict(self.index_skipped),
+                                         f"folder:{os.getpid()}": dict(self.skipped)}
+            return sample
+        raise RuntimeError(f"{self.source}: no loadable image at all (skipped: {self.all_skipped})")
+
+
+class CocoCaptionsDataset(FolderDataset):
+    """A COCO captions file with its image folder (kept for existing callers; ``FolderDataset`` accepts both)."""
+
+    def __init__(self, annotation_file: str | Path, image_dir: str | Path | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+        super().__init__(annotation_file, image_dir=image_dir, max_pixels=max_pixels)
+
+
+__all__ = ["CocoCaptionsDataset", "FolderDataset", "coco_caption_records"]

@@ -1,8 +1,23 @@
-"""WebDataset tar shards: writing from samples, and robust, rank/worker-split reading.
+"""WebDataset tar shards: writing from samples, and robust reading split across ranks and DataLoader workers.
 
-A sample is ``<key>.jpg`` (or another image extension) + ``<key>.json`` holding ``web_caption`` and
-``synthetic_captions``. URLs may be local paths, brace patterns (``train-{000000..000099}.tar``) or
-``pipe:`` commands. Bad samples are skipped and counted per reason in ``ShardDataset.skipped``.
+Format (docs/architecture.md): ``<key>.jpg`` (or another image extension) + ``<key>.json`` holding
+``web_caption`` and ``synthetic_captions``; members of one sample are consecutive. A ``<key>.txt`` member (as
+img2dataset writes) stands in for a missing ``web_caption``. URLs may be local paths, brace patterns
+(``train-{000000..000099}.tar``), several patterns joined by ``::``, or anything webdataset's ``gopen`` opens
+(``pipe:`` commands, ``file:``, ``http(s):``).
+
+Reading never raises on bad data. Each bad sample is skipped and counted once, under one reason (see
+open_tips.data.decode), in the reader's ``skipped`` counter; archive damage is counted as
+``truncated_tar_member`` (a member's data ends early: that sample is dropped, and the rest of the shard is
+unreachable), ``corrupt_shard`` (an unreadable header or compressed stream: the rest of the shard is lost)
+or ``unreadable_shard`` (cannot be opened or yields nothing readable).
+
+Skip counts across processes: DataLoader workers hold copies of the dataset, so their counters never reach
+the main process. Each yielded sample therefore carries ``__skip_counts__ = {reader_id: running totals}``
+(``reader_id`` = "shards:<rank>:<worker>"), stamped when it is yielded; the batch builder merges these into
+the batch's ``skip_counts`` and the trainer keeps the latest totals per reader and sums them. Skips after a
+reader's last yielded sample cannot travel this way; in the main process (``num_workers=0``) ``skipped`` is
+always complete.
 """
 
 from __future__ import annotations
@@ -12,12 +27,18 @@ import json
 import logging
 import os
 import random
+import re
+import tarfile
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import braceexpand
+import numpy as np
 import webdataset as wds
+from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
+from webdataset.gopen import gopen
 
 from open_tips.data.decode import (
     DEFAULT_MAX_PIXELS,
@@ -30,9 +51,14 @@ from open_tips.data.decode import (
 
 log = logging.getLogger(__name__)
 
+# webdataset's own member-name split: the key is everything up to the first dot of the file name.
+_KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+_META_MEMBER = re.compile(r"__[^/]*__($|/)")
+_ARCHIVE_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, ValueError)
 
-def expand_urls(urls: str | Iterable[str]) -> list[str]:
-    """Brace-expands a pattern, a ``::``-separated list, or an iterable of patterns; keeps order."""
+
+def expand_urls(urls: str | os.PathLike | Iterable[str]) -> list[str]:
+    """Brace-expands a pattern, a ``::``-separated list of patterns, or an iterable of patterns; keeps order."""
     if isinstance(urls, (str, os.PathLike)):
         urls = str(urls).split("::")
     out: list[str] = []
@@ -43,16 +69,45 @@ def expand_urls(urls: str | Iterable[str]) -> list[str]:
     return out
 
 
+def _safe_key(key: str, used: set[str]) -> str:
+    # A dot would move the key/extension split on reading; a repeated key would merge two samples.
+    key = str(key).replace(".", "_") or "sample"
+    candidate, n = key, 1
+    while candidate in used:
+        candidate, n = f"{key}_{n}", n + 1
+    used.add(candidate)
+    return candidate
+
+
+def _encode(image: Image.Image | np.ndarray, image_format: str, quality: int) -> bytes:
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    buffer = io.BytesIO()
+    fmt = {"jpg": "JPEG", "jpeg": "JPEG"}.get(image_format, image_format.upper())
+    options = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
+    image.convert("RGB").save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
 def write_shards(samples: Iterable[dict], output_pattern: str, max_per_shard: int = 1000,
                  image_format: str = "jpg", quality: int = 95) -> list[str]:
-    """Writes samples (dicts with ``image`` as PIL or encoded bytes, ``web_caption``, ``synthetic_captions``,
-    optional ``__key__`` and extra JSON-able fields) to ``output_pattern`` (e.g. ``dir/shard-%06d.tar``).
-    Each shard is written under a temporary name and renamed when complete."""
-    Path(output_pattern).parent.mkdir(parents=True, exist_ok=True)
-    written: list[str] = []
-    shard_index, in_shard, writer, tmp_path = 0, 0, None, None
+    """Writes samples to ``output_pattern`` (a %-pattern such as ``dir/shard-%06d.tar``); returns the paths.
 
-    def close() -> None:
+    A sample has ``image`` (PIL image, uint8 array, or already-encoded bytes with ``image_ext``), ``web_caption``,
+    ``synthetic_captions``, optional ``__key__``; other JSON-able fields go into the ``.json`` member too
+    (``__``-prefixed and non-JSON-able ones, such as ground-truth arrays, are left out). Each shard is written
+    under a ``.tmp`` name and renamed when complete, so a crash never leaves a truncated shard under a real
+    name (why webdataset's TarWriter is used here rather than its ShardWriter)."""
+    if max_per_shard < 1:
+        raise ValueError(f"max_per_shard must be >= 1, got {max_per_shard}")
+    Path(output_pattern % 0).parent.mkdir(parents=True, exist_ok=True)
+    written: list[str] = []
+    shard_index, in_shard, total = 0, 0, 0
+    writer: wds.TarWriter | None = None
+    tmp_path = ""
+    used: set[str] = set()
+
+    def finish() -> None:
         nonlocal writer
         if writer is not None:
             writer.close()
@@ -61,31 +116,33 @@ def write_shards(samples: Iterable[dict], output_pattern: str, max_per_shard: in
             written.append(final)
             writer = None
 
-    for count, sample in enumerate(samples):
-        if writer is None or in_shard >= max_per_shard:
-            close()
-            tmp_path = str(Path(output_pattern % shard_index).with_suffix(".tar.tmp"))
-            writer = wds.TarWriter(tmp_path)
-            shard_index += 1
-            in_shard = 0
-        image = sample["image"]
-        if isinstance(image, (bytes, bytearray)):
-            data, ext = bytes(image), sample.get("image_ext", image_format)
-        else:
-            buffer = io.BytesIO()
-            image.convert("RGB").save(buffer, format="JPEG" if image_format == "jpg" else image_format.upper(),
-                                      quality=quality)
-            data, ext = buffer.getvalue(), image_format
-        meta = {k: v for k, v in sample.items()
-                if k not in ("image", "image_ext", "__key__") and _jsonable(v)}
-        writer.write({"__key__": sample.get("__key__", f"{count:09d}"), ext: data,
-                      "json": json.dumps(meta).encode()})
-        in_shard += 1
-    close()
+    try:
+        for sample in samples:
+            if writer is None or in_shard >= max_per_shard:
+                finish()
+                tmp_path = output_pattern % shard_index + ".tmp"
+                writer = wds.TarWriter(tmp_path)
+                shard_index, in_shard, used = shard_index + 1, 0, set()
+            image = sample["image"]
+            if isinstance(image, (bytes, bytearray)):
+                data, ext = bytes(image), str(sample.get("image_ext", image_format)).lower().lstrip(".")
+            else:
+                data, ext = _encode(image, image_format, quality), image_format
+            meta = {k: v for k, v in sample.items()
+                    if k not in ("image", "image_ext") and not k.startswith("__") and _jsonable(v)}
+            key = _safe_key(sample.get("__key__") or f"{total:09d}", used)
+            writer.write({"__key__": key, ext: data, "json": json.dumps(meta).encode()})
+            in_shard, total = in_shard + 1, total + 1
+        finish()
+    except BaseException:
+        if writer is not None:  # leave no partial shard behind, complete ones stay
+            writer.close()
+            Path(tmp_path).unlink(missing_ok=True)
+        raise
     return written
 
 
-def _jsonable(value) -> bool:
+def _jsonable(value: object) -> bool:
     try:
         json.dumps(value)
         return True
@@ -94,24 +151,93 @@ def _jsonable(value) -> bool:
 
 
 def split_shards(urls: list[str], rank: int, world_size: int, worker: int, num_workers: int) -> list[str]:
-    """Shards for (rank, worker): round-robin over rank first, then over the rank's workers, so no shard is
-    read twice and every shard is read once per epoch across the job."""
-    mine = urls[rank::world_size]
-    return mine[worker::num_workers]
+    """The shards of (rank, worker): round-robin over ranks, then over that rank's workers, so that across the
+    job every shard is read exactly once per epoch."""
+    return urls[rank::world_size][worker::num_workers]
+
+
+def iter_tar_samples(url: str, skipped: SkipCounter) -> Iterator[dict]:
+    """Raw samples ``{"__key__", "__url__", ext: bytes, ...}`` of one shard, grouping consecutive members by
+    key; archive damage is counted in ``skipped`` (see the module docstring) and ends the shard quietly."""
+    try:
+        stream = gopen(url, "rb")
+    except Exception as err:  # noqa: BLE001 - missing file, bad scheme, failing command, ...
+        skipped.add("unreadable_shard", url, f"{type(err).__name__}: {err}")
+        return
+    current: dict | None = None
+    members = 0
+    try:
+        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+            for info in tar:
+                if not info.isreg() or _META_MEMBER.match(info.name):
+                    continue
+                match = _KEY_EXT.match(info.name)
+                if match is None:
+                    continue
+                key, ext = match.group(1), match.group(2).lower()
+                if current is None or current["__key__"] != key:
+                    if current is not None:
+                        yield current
+                    current = {"__key__": key, "__url__": url}
+                try:
+                    handle = tar.extractfile(info)
+                    data = handle.read() if handle is not None else b""
+                except _ARCHIVE_ERRORS as err:
+                    data, detail = None, f"{type(err).__name__}: {err}"
+                else:
+                    detail = f"{info.name}: {len(data)} of {info.size} bytes"
+                if data is None or len(data) != info.size:
+                    skipped.add("truncated_tar_member", f"{url}:{key}", detail)
+                    return  # the stream position is lost: nothing after this member is reachable
+                members += 1
+                if ext in current:  # the same key twice in a row: keep the first member
+                    log.warning("%s: duplicate member %s ignored", url, info.name)
+                    continue
+                current[ext] = data
+    except _ARCHIVE_ERRORS as err:
+        # The pending sample goes on to decoding, which counts it if it is incomplete.
+        skipped.add("corrupt_shard" if members else "unreadable_shard", url, f"{type(err).__name__}: {err}")
+    finally:
+        try:
+            stream.close()
+        except Exception:  # noqa: BLE001 - e.g. a pipe: command that exits non-zero after being cut short
+            pass
+    if current is not None:
+        yield current
+
+
+def _default_rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 class ShardDataset(IterableDataset):
-    """Iterates decoded samples from WebDataset shards, split across ranks and DataLoader workers."""
+    """Decoded samples (``__key__``, ``image`` RGB PIL, ``web_caption``, ``synthetic_captions`` normalised to
+    dicts, other JSON fields) from WebDataset shards.
 
-    def __init__(self, urls: str | Iterable[str], rank: int = 0, world_size: int = 1, shuffle_buffer: int = 0,
-                 seed: int = 0, resample: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 shuffle_shards: bool = True) -> None:
+    Splitting: shards are shuffled per epoch with (seed, epoch), identically on every rank, then split by rank
+    (explicit ``rank``/``world_size``; None = torch.distributed, else the RANK/WORLD_SIZE environment, else 0/1)
+    and by DataLoader worker, so no shard is read twice in an epoch across the job. ``resample=True`` instead
+    draws shards at random with replacement, endlessly, independently per rank and worker (for more readers
+    than shards, or epoch-free training). ``shuffle_buffer`` > 1 shuffles samples within a buffer of that size.
+    Call ``set_epoch(epoch)`` before each pass. ``max_pixels``: decompression-bomb limit (None = none)."""
+
+    def __init__(self, urls: str | Iterable[str], rank: int | None = None, world_size: int | None = None,
+                 shuffle_buffer: int = 0, seed: int = 0, resample: bool = False,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, shuffle_shards: bool = True) -> None:
         super().__init__()
         self.urls = expand_urls(urls)
-        if world_size > len(self.urls) and not resample:
+        default_rank, default_world = _default_rank_world()
+        self.rank = default_rank if rank is None else rank
+        self.world_size = default_world if world_size is None else world_size
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} outside world size {self.world_size}")
+        if self.world_size > len(self.urls) and not resample:
             log.warning("%d shards for %d ranks: some ranks get none (use resample=True or more shards)",
-                        len(self.urls), world_size)
-        self.rank, self.world_size = rank, world_size
+                        len(self.urls), self.world_size)
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.resample = resample
@@ -123,65 +249,66 @@ class ShardDataset(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _worker_id(self) -> str:
-        info = get_worker_info()
-        return f"{self.rank}:{info.id if info is not None else 0}"
-
-    def _my_shards(self) -> tuple[list[str], random.Random]:
-        info = get_worker_info()
-        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        rng = random.Random(hash((self.seed, self.epoch, self.rank, worker)) & 0xFFFFFFFF)
+    def shards_for(self, worker: int = 0, num_workers: int = 1) -> list[str]:
+        """This rank's shards for one worker in the current epoch (not used with ``resample``)."""
         urls = list(self.urls)
         if self.shuffle_shards:
-            random.Random(self.seed * 1000 + self.epoch).shuffle(urls)  # same order on every rank
-        if self.resample:  # infinite stream of random shards, independent per rank and worker
-            return [rng.choice(urls) for _ in range(10**6)], rng
-        return split_shards(urls, self.rank, self.world_size, worker, num_workers), rng
+            random.Random(f"shards:{self.seed}:{self.epoch}").shuffle(urls)  # the same order on every rank
+        return split_shards(urls, self.rank, self.world_size, worker, num_workers)
 
-    def _raw_samples(self, url: str) -> Iterator[dict]:
-        """Groups tar members by key; a truncated or unreadable shard ends with a counted skip."""
-        stream = wds.SimpleShardList([url])
-        try:
-            yield from wds.tariterators.tarfile_samples(stream, handler=self._tar_error)
-        except Exception as err:  # noqa: BLE001 - a damaged archive must not stop training
-            self.skipped.add("truncated_shard", url, str(err))
+    def _shard_stream(self, worker: int, num_workers: int, rng: random.Random) -> Iterator[str]:
+        if self.resample:
+            while True:
+                yield rng.choice(self.urls)
+        mine = self.shards_for(worker, num_workers)
+        if not mine:
+            log.warning("rank %d worker %d of %d: no shards to read (%d shards in all)", self.rank, worker,
+                        num_workers, len(self.urls))
+        yield from mine
 
-    def _tar_error(self, exn: Exception) -> bool:
-        self.skipped.add("truncated_tar_member", "?", str(exn))
-        return True  # continue
-
-    def _decode(self, raw: dict) -> dict:
+    def decode(self, raw: dict) -> dict:
+        """A raw tar sample -> a decoded sample, or SkipSample."""
         key = raw.get("__key__", "?")
         image_ext = next((ext for ext in IMAGE_EXTENSIONS if ext in raw), None)
         if image_ext is None:
             raise SkipSample("missing_image", key)
-        if "json" not in raw:
+        if "json" not in raw and "txt" not in raw:
             raise SkipSample("missing_json", key)
-        meta = parse_metadata(raw["json"])
+        meta = parse_metadata(raw.get("json", b"{}"), fallback_caption=raw.get("txt"))
         meta["image"] = decode_image(raw[image_ext], self.max_pixels)
         meta["__key__"] = key
         meta["__url__"] = raw.get("__url__", "")
         return meta
 
     def __iter__(self) -> Iterator[dict]:
-        shards, rng = self._my_shards()
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        rng = random.Random(f"samples:{self.seed}:{self.epoch}:{self.rank}:{worker}")
+        reader_id = f"shards:{self.rank}:{worker}"
+
+        def stamped(sample: dict) -> dict:
+            sample["__skip_counts__"] = {reader_id: dict(self.skipped)}
+            return sample
+
         buffer: list[dict] = []
-        for url in shards:
-            for raw in self._raw_samples(url):
+        for url in self._shard_stream(worker, num_workers, rng):
+            for raw in iter_tar_samples(url, self.skipped):
                 try:
-                    sample = self._decode(raw)
+                    sample = self.decode(raw)
                 except SkipSample as skip:
                     self.skipped.add(skip.reason, raw.get("__key__", "?"), str(skip))
                     continue
-                # Workers hold their own counters: each sample carries its worker's running totals, which
-                # the batch builder forwards so the trainer can report job-wide skip counts.
-                sample["__skip_counts__"] = (self._worker_id(), dict(self.skipped))
-                if self.shuffle_buffer > 1:
+                if self.shuffle_buffer <= 1:
+                    yield stamped(sample)
+                elif len(buffer) < self.shuffle_buffer:
                     buffer.append(sample)
-                    if len(buffer) >= self.shuffle_buffer:
-                        yield buffer.pop(rng.randrange(len(buffer)))
                 else:
-                    yield sample
+                    slot = rng.randrange(len(buffer))
+                    sample, buffer[slot] = buffer[slot], sample
+                    yield stamped(sample)
         rng.shuffle(buffer)
-        yield from buffer
+        for sample in buffer:
+            yield stamped(sample)
 
+
+__all__ = ["ShardDataset", "expand_urls", "iter_tar_samples", "split_shards", "write_shards"]
