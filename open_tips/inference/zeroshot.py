@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-# The official zero-shot segmentation notebook's nine templates.
+# The official zero-shot segmentation notebook's nine templates (the TCL paper's subset of the ImageNet ones).
 TIPS_TEMPLATES = [
     "itap of a {}.", "a bad photo of a {}.", "a origami {}.", "a photo of the large {}.", "a {} in a video game.",
     "art of the {}.", "a photo of the small {}.", "a photo of many {}.", "a photo of {}s.",
@@ -31,14 +31,18 @@ def load_templates(spec: str) -> list[str]:
 
 
 def load_class_names(classes: str | None, classes_file: str | None) -> list[str]:
+    """Class names from a comma-separated string or a file with one name per line (blank lines skipped)."""
     if classes_file:
         names = [line.strip() for line in Path(classes_file).read_text().splitlines() if line.strip()]
     elif classes:
         names = [c.strip() for c in classes.split(",") if c.strip()]
     else:
         raise ValueError("give --classes or --classes-file")
-    if len(names) < 1:
+    if not names:
         raise ValueError("no class names")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate class names: {', '.join(duplicates)}")
     return names
 
 
@@ -63,3 +67,8 @@ def image_embedding(cls_web: torch.Tensor, cls_synthetic: torch.Tensor, which: s
     if which == "mean":
         return F.normalize(web + synthetic, dim=-1)
     raise ValueError(f"cls must be web, synthetic or mean, got {which!r}")
+
+
+def class_probabilities(image_emb: torch.Tensor, class_emb: torch.Tensor, temperature: float) -> torch.Tensor:
+    """[N, C] softmax over classes of cosine / temperature (both inputs unit vectors)."""
+    return (image_emb.float() @ class_emb.float().T / temperature).softmax(dim=-1)
