@@ -1,326 +1,553 @@
-"""The captioning pipeline: units of work (shards or image chunks), split across processes, resumable.
+"""The captioning pipeline: units of work split across processes, captioned in batches, resumable.
 
-For each unit the output (a new shard with every original member copied unchanged and the ``.json`` extended
-by new ``synthetic_captions`` entries, or a sidecar JSONL) is written under a temporary name and renamed when
-complete, then a ``_done/<unit>.json`` marker records its counts. A restart skips units with a marker, so a
-killed job loses at most the units in flight. Unit ``i`` belongs to rank ``i % world_size``.
+For each unit (a shard, or a chunk of a folder's images) the output -- a new shard holding every original
+member unchanged and the ``.json`` extended by new ``synthetic_captions`` entries, or with ``sidecar`` a JSONL
+of the new captions keyed by sample key -- is streamed to a temporary file, fsynced, renamed into place, and
+then recorded by a marker ``_done/<unit>.json`` (counts and per-sample failures). A restart with ``resume``
+skips units with a marker, so a killed job loses at most the unit in flight. Unit ``i`` of the job's fixed
+unit list belongs to rank ``i % world_size``.
+
+Per-sample problems (undecodable image, missing web caption for ``rewrite``, empty generation, ...) are
+recorded with a reason and never stop the job. A batch that fails to generate is retried one sample at a time;
+when generation keeps failing for many samples in a row the fault is systemic (wrong model, out of memory), and
+the job stops instead of marking the rest of the dataset as failed (the unit in flight is not marked done).
 """
 
 from __future__ import annotations
 
-import glob
-import io
 import json
 import logging
 import os
-import re
-import tarfile
+import queue
+import threading
 import time
+import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from PIL import Image
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
+from open_tips.captions.model import CaptionModel, DecodeSettings
 from open_tips.captions.prompts import CaptionTemplate
-from open_tips.data.captions import normalise_synthetic
-from open_tips.data.decode import IMAGE_EXTENSIONS, SkipSample, decode_image
-from open_tips.data.shards import expand_urls
+from open_tips.captions.sources import (
+    BadImage,
+    JsonlWriter,
+    RawSample,
+    ShardWriter,
+    Unit,
+    UnreadableUnit,
+    atomic_write_json,
+    decode_image,
+    discover_units,
+    read_unit,
+)
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class DecodeSettings:
-    max_new_tokens: int = 64
-    num_beams: int = 1
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_caption_tokens: int = 64
+RUN_FILE = "_caption_run.json"
+DONE_DIR = "_done"
+MAX_LISTED_FAILURES = 200  # per-sample failures listed in a rank's summary (all are in the unit markers)
+# Hook for tests and callers: (event, unit name, samples written so far in the unit); events "batch", "unit".
+Hook = Callable[[str, str, int], None]
+T = TypeVar("T")
 
 
 @dataclass
-class Unit:
-    name: str  # output name, e.g. "shard-000003"
-    source: str  # a tar path / URL, or a folder
-    images: list[str] = field(default_factory=list)  # for folder units: image paths relative to source
+class PipelineConfig:
+    templates: list[CaptionTemplate]
+    settings: DecodeSettings = field(default_factory=DecodeSettings)
+    batch_size: int = 16
+    sidecar: bool = False
+    chunk_size: int = 512  # images per unit for folder inputs
+    rank: int = 0
+    world_size: int = 1
+    resume: bool = False
+    seed: int = 0
+    progress: bool = True
 
 
 @dataclass
 class Sample:
-    key: str
-    members: dict[str, bytes]  # original tar members (extension -> bytes), copied unchanged
-    meta: dict
+    """A sample in flight: its raw members, parsed metadata, decoded image and outcome per template."""
+
+    raw: RawSample
+    meta: dict[str, Any] | None = None  # parsed .json (None: no .json member)
+    web_caption: str | None = None
     image: Image.Image | None = None
-    error: str | None = None
-
-
-def discover_units(inputs: list[str], chunk_size: int = 256) -> list[Unit]:
-    """Tar shards (paths, brace patterns, globs, ``pipe:``) or image folders (chunks of ``chunk_size``)."""
-    units: list[Unit] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            images = sorted(str(p.relative_to(path)) for p in path.rglob("*")
-                            if p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS)
-            for start in range(0, len(images), chunk_size):
-                units.append(Unit(f"{path.name}-{start // chunk_size:06d}", str(path), images[start:start + chunk_size]))
-        else:
-            urls = sorted(glob.glob(item)) if any(c in item for c in "*?[") else expand_urls(item)
-            for url in urls:
-                stem = re.sub(r"\.tar$", "", Path(url.split()[-1]).name)
-                units.append(Unit(stem, url))
-    names = [u.name for u in units]
-    if len(set(names)) != len(names):
-        raise ValueError("two input units have the same name; rename the shards or folders")
-    if not units:
-        raise ValueError(f"no input shards or images found in {inputs}")
-    return units
-
-
-def _read_tar(url: str) -> Iterator[Sample]:
-    """Groups members by key; damaged archives end early with an error sample."""
-    if url.startswith("pipe:"):
-        import subprocess
-
-        stream = subprocess.Popen(url[5:], shell=True, stdout=subprocess.PIPE).stdout
-        archive = tarfile.open(fileobj=stream, mode="r|*")
-    else:
-        archive = tarfile.open(url, mode="r|*")
-    current_key, members = None, {}
-    try:
-        for info in archive:
-            if not info.isfile():
-                continue
-            name = info.name
-            key, _, ext = Path(name).name.partition(".")
-            key = str(Path(name).parent / key) if Path(name).parent != Path(".") else key
-            data = archive.extractfile(info).read()
-            if current_key is not None and key != current_key:
-                yield _make_sample(current_key, members)
-                members = {}
-            current_key = key
-            members[ext] = data
-    except (tarfile.TarError, OSError, EOFError) as err:
-        if current_key is not None:
-            yield Sample(current_key, members, {}, error=f"truncated_tar: {err}")
-            current_key = None
-    finally:
-        archive.close()
-    if current_key is not None:
-        yield _make_sample(current_key, members)
-
-
-def _make_sample(key: str, members: dict[str, bytes]) -> Sample:
-    meta: dict = {}
-    error = None
-    if "json" in members:
-        try:
-            meta = json.loads(members["json"])
-            if not isinstance(meta, dict):
-                meta, error = {}, "malformed_json"
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            error = "malformed_json"
-    image_ext = next((e for e in IMAGE_EXTENSIONS if e in members), None)
-    image = None
-    if image_ext is None:
-        error = error or "missing_image"
-    else:
-        try:
-            image = decode_image(members[image_ext])
-        except SkipSample as skip:
-            error = error or skip.reason
-    return Sample(key, members, meta, image, error)
-
-
-def _read_folder(unit: Unit) -> Iterator[Sample]:
-    root = Path(unit.source)
-    captions = {}
-    jsonl = root / "captions.jsonl"
-    if jsonl.is_file():
-        for line in jsonl.read_text().splitlines():
-            try:
-                record = json.loads(line)
-                captions[record["image"]] = record
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-    for relative in unit.images:
-        data = (root / relative).read_bytes()
-        meta = {k: v for k, v in captions.get(relative, {}).items() if k != "image"}
-        ext = Path(relative).suffix.lower().lstrip(".")
-        sample = _make_sample(str(Path(relative).with_suffix("")), {ext: data})
-        sample.meta = meta
-        sample.meta["image"] = relative
-        yield sample
-
-
-class Captioner:
-    """Loads an HF image-to-text model from a local directory and captions batches of images."""
-
-    def __init__(self, model_path: str, device: str | None = None, dtype: str = "auto") -> None:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if dtype == "auto":
-            torch_dtype = (torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported()
-                           else torch.float32)
-        else:
-            torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-        self.processor = AutoProcessor.from_pretrained(model_path, local_files_only=True)
-        self.model = AutoModelForImageTextToText.from_pretrained(model_path, local_files_only=True,
-                                                                 dtype=torch_dtype).to(self.device).eval()
-        self.dtype = torch_dtype
-        self.name = Path(model_path).name or str(model_path)
-        tokenizer = getattr(self.processor, "tokenizer", None)
-        if tokenizer is not None and tokenizer.padding_side != "left":
-            tokenizer.padding_side = "left"  # decoder-only generation needs left padding
+    error: str | None = None  # the whole sample is unusable (copied through unchanged)
+    detail: str = ""
+    new: list[dict[str, str]] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    present: list[str] = field(default_factory=list)  # templates skipped: caption already there
 
     @property
-    def tokenizer(self):
-        return self.processor.tokenizer
+    def key(self) -> str:
+        return self.raw.key
 
-    @torch.no_grad()
-    def generate(self, images: list[Image.Image], prompts: list[str], settings: DecodeSettings) -> list[str]:
-        inputs = self.processor(images=images, text=prompts, return_tensors="pt", padding=True)
-        inputs.pop("labels", None)
-        inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
-                  for k, v in inputs.items()}
-        kwargs = dict(max_new_tokens=settings.max_new_tokens, num_beams=settings.num_beams,
-                      do_sample=settings.do_sample)
-        if settings.do_sample:
-            kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
-        output = self.model.generate(**inputs, **kwargs)
-        new_tokens = output[:, inputs["input_ids"].shape[1]:]
-        texts = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
-        return [clean_caption(t, p, self.tokenizer, settings.max_caption_tokens) for t, p in zip(texts, prompts)]
+    def existing(self) -> list[Any]:
+        captions = (self.meta or {}).get("synthetic_captions")
+        return captions if isinstance(captions, list) else []
+
+    def latest_synthetic(self, exclude: str) -> str | None:
+        """The most recent synthetic caption not made by template ``exclude`` (the new ones of this run
+        first): what ``rewrite`` conditions on, so ``--template detailed rewrite`` rewrites the fresh one."""
+        for entry in reversed(self.existing() + self.new):
+            text, template = (entry, None) if isinstance(entry, str) else (entry.get("text"), entry.get("template"))
+            if isinstance(text, str) and text.strip() and template != exclude:
+                return text
+        return None
+
+    def fail(self, template: str, reason: str, detail: str = "") -> None:
+        record = {"key": self.key, "template": template, "reason": reason}
+        if detail:
+            record["detail"] = detail[:300]
+        self.failures.append(record)
 
 
-def clean_caption(text: str, prompt: str, tokenizer=None, max_tokens: int | None = None) -> str:
-    """Removes an echoed prompt, normalises whitespace, caps the length in the captioner's tokens."""
-    text = " ".join(text.split())
-    prompt_clean = " ".join(prompt.split())
-    if prompt_clean and text.lower().startswith(prompt_clean.lower()):
-        text = text[len(prompt_clean):].lstrip(" :,-")
-    if tokenizer is not None and max_tokens:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) > max_tokens:
-            text = tokenizer.decode(ids[:max_tokens], skip_special_tokens=True).strip()
-    return text.strip()
+def parse_sample(raw: RawSample, size_hint: int | None = None) -> Sample:
+    """Raw members -> metadata + decoded image, or a sample with ``error`` (never raises)."""
+    sample = Sample(raw, error=raw.error, detail=raw.detail)
+    if sample.error:
+        return sample
+    if raw.meta_override is not None:  # folder input: captions.jsonl record (or nothing)
+        sample.meta = dict(raw.meta_override)
+    elif (data := raw.member("json")) is not None:
+        try:
+            sample.meta = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            sample.error, sample.detail = "malformed_json", str(err)
+            return sample
+        if not isinstance(sample.meta, dict):
+            sample.error, sample.detail = "malformed_json", f"top level is {type(sample.meta).__name__}"
+            return sample
+    if sample.meta is not None and not isinstance(sample.meta.get("synthetic_captions", []), list):
+        sample.error, sample.detail = "malformed_json", "synthetic_captions is not a list"
+        return sample
+    web = (sample.meta or {}).get("web_caption")
+    if (not isinstance(web, str) or not web.strip()) and (txt := raw.member("txt")) is not None:
+        web = txt.decode("utf-8", "replace")  # img2dataset-style shards keep the alt-text in <key>.txt
+    sample.web_caption = web.strip() if isinstance(web, str) and web.strip() else None
+    image = raw.image_member()
+    if image is None:
+        sample.error = "missing_image"
+        return sample
+    try:
+        sample.image = decode_image(image[1], size_hint)
+    except BadImage as bad:
+        sample.error, sample.detail = bad.reason, bad.detail
+    return sample
+
+
+def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _prefetch(items: Iterator[T], depth: int) -> Iterator[T]:
+    """Runs ``items`` (tar reading + image decoding) in a thread, ``depth`` ahead of the consumer, so that
+    input work overlaps generation. Exceptions are re-raised in the consumer."""
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(end)
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer
+            put(err)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()  # closes the tar stream
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+class SystemicFailure(RuntimeError):
+    """Generation failed for many samples in a row: not bad input, a broken set-up."""
 
 
 @dataclass
-class UnitResult:
-    captioned: int = 0
-    skipped: int = 0
-    failed: Counter = field(default_factory=Counter)
+class ErrorStreak:
+    """Consecutive samples whose generation raised, across batches and units."""
+
+    limit: int
+    count: int = 0
+
+    def record(self, outcome: str | BaseException) -> None:
+        if not isinstance(outcome, BaseException):
+            self.count = 0
+            return
+        self.count += 1
+        if self.count >= self.limit:
+            raise SystemicFailure(f"generation failed for {self.count} samples in a row, last with "
+                                  f"{type(outcome).__name__}: {outcome}") from outcome
 
 
-def _write_tar(path: Path, samples: list[Sample]) -> None:
-    with tarfile.open(path, "w") as archive:
-        for sample in samples:
-            for ext, data in sample.members.items():
-                info = tarfile.TarInfo(f"{sample.key}.{ext}")
-                info.size = len(data)
-                info.mtime = 0
-                archive.addfile(info, io.BytesIO(data))
-
-
-def caption_unit(unit: Unit, captioner: Captioner, templates: list[CaptionTemplate], settings: DecodeSettings,
-                 batch_size: int, output_dir: Path, sidecar: bool, progress: tqdm | None = None) -> UnitResult:
-    result = UnitResult()
-    samples = list(_read_folder(unit) if unit.images else _read_tar(unit.source))
-    failures: dict[str, str] = {}
-    usable = []
-    for sample in samples:
-        if sample.error:
-            failures[sample.key] = sample.error
+def _generate(captioner: CaptionModel, pairs: list[tuple[Sample, str]], template: CaptionTemplate,
+              settings: DecodeSettings, streak: ErrorStreak) -> None:
+    """Captions one batch for one template; a failing batch is retried sample by sample."""
+    try:
+        captions = captioner.generate([s.image for s, _ in pairs], [p for _, p in pairs], settings)
+        outcomes: list[str | BaseException] = list(captions)
+    except Exception as err:  # noqa: BLE001 - isolate the sample that breaks the batch
+        if len(pairs) == 1:
+            outcomes = [err]
         else:
-            sample.meta["synthetic_captions"] = normalise_synthetic(sample.meta.get("synthetic_captions"))
-            usable.append(sample)
-    for template in templates:
-        todo = []
-        for sample in usable:
-            web = sample.meta.get("web_caption")
-            existing = sample.meta["synthetic_captions"]
-            if template.needs_web and not (isinstance(web, str) and web.strip()):
-                failures.setdefault(sample.key, f"missing_web_caption_for_{template.name}")
-                continue
-            if template.needs_synthetic and not existing:
-                failures.setdefault(sample.key, f"missing_synthetic_caption_for_{template.name}")
-                continue
-            todo.append((sample, template.render(web, existing[0]["text"] if existing else None)))
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
-            captions = captioner.generate([s.image for s, _ in chunk], [p for _, p in chunk], settings)
-            for (sample, _), caption in zip(chunk, captions):
-                if not caption:
-                    failures.setdefault(sample.key, f"empty_output_{template.name}")
-                    continue
-                sample.meta["synthetic_captions"].append(
-                    {"text": caption, "template": template.name, "model": captioner.name})
-            if progress is not None:
-                progress.update(len(chunk) / len(templates))
-    result.failed = Counter(reason.split(":")[0] for reason in failures.values())
-    added = {s.key for s in usable if s.key not in failures}
-    result.captioned = len(added)
-    result.skipped = len(samples) - len(usable)
+            log.warning("batch generation failed (%s: %s); retrying one sample at a time", type(err).__name__, err)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            outcomes = []
+            for sample, prompt in pairs:
+                try:
+                    outcomes.append(captioner.generate([sample.image], [prompt], settings)[0])
+                except Exception as single:  # noqa: BLE001
+                    outcomes.append(single)
+    for (sample, _), outcome in zip(pairs, outcomes):
+        streak.record(outcome)
+        if isinstance(outcome, BaseException):
+            sample.fail(template.name, "generation_error", f"{type(outcome).__name__}: {outcome}")
+        elif not outcome.strip():
+            sample.fail(template.name, "empty_output")
+        else:
+            sample.new.append({"text": outcome, "template": template.name, "model": captioner.name})
 
-    name = unit.name
-    if sidecar:
-        tmp = output_dir / f".{name}.jsonl.tmp"
-        with tmp.open("w") as handle:
-            for sample in samples:
-                record = {"key": sample.key, "synthetic_captions": sample.meta.get("synthetic_captions", [])}
-                if sample.key in failures:
-                    record["error"] = failures[sample.key]
-                handle.write(json.dumps(record) + "\n")
-        os.replace(tmp, output_dir / f"{name}.jsonl")
-    else:
+
+def caption_batch(samples: list[Sample], captioner: CaptionModel, config: PipelineConfig,
+                  streak: ErrorStreak | None = None) -> None:
+    """Adds each template's caption to the usable samples, in template order (so ``rewrite`` sees captions
+    made earlier in the same call); records why a sample gets none."""
+    for template in config.templates:
+        pairs: list[tuple[Sample, str]] = []
         for sample in samples:
-            if sample.error is None:
-                sample.members["json"] = json.dumps(sample.meta).encode()
-        tmp = output_dir / f".{name}.tar.tmp"
-        _write_tar(tmp, samples)
-        os.replace(tmp, output_dir / f"{name}.tar")
-    marker = {"unit": name, "source": unit.source, "captioned": result.captioned, "skipped": result.skipped,
-              "failed": dict(result.failed), "failures": failures, "time": time.time()}
-    done_dir = output_dir / "_done"
-    done_dir.mkdir(exist_ok=True)
-    tmp_marker = done_dir / f".{name}.json.tmp"
-    tmp_marker.write_text(json.dumps(marker, indent=2))
-    os.replace(tmp_marker, done_dir / f"{name}.json")
-    return result
+            if sample.error:
+                continue
+            if any(isinstance(e, dict) and e.get("template") == template.name and e.get("model") == captioner.name
+                   for e in sample.existing()):
+                sample.present.append(template.name)  # e.g. a re-run over already captioned shards
+                continue
+            web = sample.web_caption
+            synthetic = sample.latest_synthetic(exclude=template.name) if template.needs("synthetic") else None
+            if template.needs("web") and web is None:
+                sample.fail(template.name, "missing_web_caption")
+            elif template.needs("synthetic") and synthetic is None:
+                sample.fail(template.name, "missing_synthetic_caption")
+            else:
+                pairs.append((sample, template.render(captioner.prompt_style, web, synthetic)))
+        if pairs:
+            _generate(captioner, pairs, template, config.settings,
+                      streak or ErrorStreak(max(8, config.batch_size)))
 
 
-def run_pipeline(model_path: str, inputs: list[str], output_dir: str | Path, templates: list[CaptionTemplate],
-                 settings: DecodeSettings, batch_size: int = 16, rank: int = 0, world_size: int = 1,
-                 device: str | None = None, dtype: str = "auto", sidecar: bool = False, chunk_size: int = 256,
-                 captioner: Captioner | None = None) -> dict:
+@dataclass
+class UnitReport:
+    unit: str
+    source: str
+    output: str = ""
+    samples: int = 0
+    captioned: int = 0  # samples with at least one new caption
+    failed_samples: int = 0  # samples with at least one failure
+    captions_added: int = 0
+    by_template: dict[str, Counter] = field(default_factory=dict)
+    reasons: Counter = field(default_factory=Counter)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def add(self, sample: Sample) -> None:
+        self.samples += 1
+        if sample.error:
+            record = {"key": sample.key, "template": "*", "reason": sample.error}
+            if sample.detail:
+                record["detail"] = sample.detail[:300]
+            sample.failures = [record]
+        self.captioned += bool(sample.new)
+        self.failed_samples += bool(sample.failures)
+        self.captions_added += len(sample.new)
+        for entry in sample.new:
+            self.by_template.setdefault(entry["template"], Counter())["added"] += 1
+        for name in sample.present:
+            self.by_template.setdefault(name, Counter())["already_present"] += 1
+        for failure in sample.failures:
+            self.reasons[failure["reason"]] += 1
+            if failure["template"] != "*":
+                self.by_template.setdefault(failure["template"], Counter())["failed"] += 1
+        self.failures.extend(sample.failures)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"unit": self.unit, "source": self.source, "output": self.output, "samples": self.samples,
+                "captioned": self.captioned, "failed_samples": self.failed_samples,
+                "captions_added": self.captions_added,
+                "by_template": {k: dict(v) for k, v in self.by_template.items()},
+                "failed_reasons": dict(self.reasons), "failures": self.failures,
+                "seconds": round(self.seconds, 3), "finished_at": time.time()}
+
+
+def _output_path(output_dir: Path, unit: Unit, sidecar: bool) -> Path:
+    return output_dir / f"{unit.name}.{'jsonl' if sidecar else 'tar'}"
+
+
+def _unit_seed(seed: int, name: str) -> int:
+    # Sampling depends on (seed, unit) only: a resumed or differently split job writes the same captions.
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
+
+
+def process_unit(unit: Unit, captioner: CaptionModel, config: PipelineConfig, output_dir: Path,
+                 progress: tqdm | None = None, hook: Hook | None = None, size_hint: int | None = None,
+                 streak: ErrorStreak | None = None) -> UnitReport:
+    """Captions one unit and publishes its output; the caller writes the done marker."""
+    streak = streak or ErrorStreak(max(8, config.batch_size))
+    start = time.perf_counter()
+    final = _output_path(output_dir, unit, config.sidecar)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    report = UnitReport(unit.name, unit.source, final.name)
+    torch.manual_seed(_unit_seed(config.seed, unit.name))
+    writer: ShardWriter | JsonlWriter = JsonlWriter(tmp) if config.sidecar else ShardWriter(tmp)
+    samples = _prefetch((parse_sample(raw, size_hint) for raw in read_unit(unit)), 2 * config.batch_size)
+    try:
+        for batch in _batched(samples, config.batch_size):
+            caption_batch(batch, captioner, config, streak)
+            for sample in batch:
+                report.add(sample)
+                _write(writer, sample, unit)
+                sample.image = None
+            if progress is not None:
+                progress.update(len(batch))
+            if hook is not None:
+                hook("batch", unit.name, report.samples)
+        writer.close()
+        os.replace(tmp, final)
+    except BaseException:
+        if not writer.handle.closed:
+            writer.handle.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        samples.close()  # stops the reading thread now, not whenever the traceback is collected
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _write(writer: ShardWriter | JsonlWriter, sample: Sample, unit: Unit) -> None:
+    if isinstance(writer, JsonlWriter):
+        record: dict[str, Any] = {"key": sample.key, "synthetic_captions": sample.new}
+        if sample.raw.source_path is not None:
+            record["image"] = sample.raw.source_path
+        if sample.failures:
+            record["failed"] = [{k: v for k, v in f.items() if k != "key"} for f in sample.failures]
+        writer.write(record)
+        return
+    new_json = None
+    if sample.new:  # otherwise the original .json (or its absence) is kept byte for byte
+        meta = dict(sample.meta or {})
+        meta["synthetic_captions"] = list(sample.existing()) + sample.new  # originals first, untouched
+        new_json = json.dumps(meta, ensure_ascii=False).encode("utf-8")
+    elif unit.is_folder and sample.raw.members and sample.meta:
+        new_json = json.dumps(sample.meta, ensure_ascii=False).encode("utf-8")  # keep the web caption
+    writer.write(sample.raw, new_json)
+
+
+# --------------------------------------------------------------------------------------- run bookkeeping
+
+
+def _run_record(model_name: str, config: PipelineConfig) -> dict[str, Any]:
+    """What must not change between the runs (and ranks) writing one output directory."""
+    return {"model": model_name,
+            "templates": [{"name": t.name, "prefix": t.prefix, "instruction": t.instruction}
+                          for t in config.templates],
+            "decode": config.settings.as_dict(), "sidecar": config.sidecar,
+            "seed": config.seed if config.settings.do_sample else None}  # greedy/beam: the seed changes nothing
+
+
+def _check_run_record(output_dir: Path, record: dict[str, Any]) -> None:
+    path = output_dir / RUN_FILE
+    if not path.exists():
+        atomic_write_json(path, record)  # ranks racing here write the same content
+    existing = json.loads(path.read_text())
+    if existing != record:
+        changed = sorted(k for k in set(existing) | set(record) if existing.get(k) != record.get(k))
+        raise ValueError(f"{output_dir} holds captions made with other settings ({', '.join(changed)} differ, "
+                         f"see {path}); use another --output, or the same settings to resume")
+
+
+def _done_markers(output_dir: Path) -> dict[str, Path]:
+    done = output_dir / DONE_DIR
+    return {p.stem: p for p in done.glob("*.json")} if done.is_dir() else {}
+
+
+def _clean_stale_temps(output_dir: Path, units: list[Unit]) -> None:
+    """Removes temporary files a killed run left for this rank's units (never another rank's)."""
+    names = {u.name for u in units}
+    for path in list(output_dir.glob(".*.tmp-*")) + list((output_dir / DONE_DIR).glob(".*.tmp-*")):
+        stem = path.name[1:].split(".tmp-")[0]
+        stem = stem.rsplit(".", 1)[0]  # drop .tar / .jsonl / .json
+        if stem in names:
+            path.unlink(missing_ok=True)
+
+
+def _merge_reports(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    total: dict[str, Any] = {"units": 0, "samples": 0, "captioned": 0, "failed_samples": 0, "captions_added": 0,
+                             "by_template": {}, "failed_reasons": Counter()}
+    for report in reports:
+        total["units"] += 1
+        for key in ("samples", "captioned", "failed_samples", "captions_added"):
+            total[key] += report.get(key, 0)
+        total["failed_reasons"].update(report.get("failed_reasons", {}))
+        for name, counts in report.get("by_template", {}).items():
+            total["by_template"].setdefault(name, Counter()).update(counts)
+    total["failed_reasons"] = dict(total["failed_reasons"])
+    total["by_template"] = {k: dict(v) for k, v in total["by_template"].items()}
+    return total
+
+
+def _write_job_summary(output_dir: Path, units: list[Unit], model_name: str) -> dict[str, Any] | None:
+    """``summary.json`` over the whole job, once every unit of every rank has its marker."""
+    markers = _done_markers(output_dir)
+    if any(u.name not in markers for u in units):
+        return None
+    summary = _merge_reports(json.loads(markers[u.name].read_text()) for u in units)
+    summary["model"] = model_name
+    atomic_write_json(output_dir / "summary.json", summary)
+    return summary
+
+
+def run_pipeline(inputs: list[str], output_dir: str | Path, config: PipelineConfig,
+                 captioner: CaptionModel | Callable[[], CaptionModel], model_name: str,
+                 hook: Hook | None = None) -> dict[str, Any]:
+    """Captions this rank's units of ``inputs`` into ``output_dir``; returns (and writes) the rank's summary.
+
+    ``captioner`` may be a factory, called only when there is work left (a finished job does not load a
+    multi-gigabyte model to find out). ``model_name`` is what the captions record; it must equal the
+    captioner's ``name``."""
+    if not 0 <= config.rank < config.world_size:
+        raise ValueError(f"rank {config.rank} outside world size {config.world_size}")
+    if config.batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    units = discover_units(inputs, chunk_size)
-    mine = [u for i, u in enumerate(units) if i % world_size == rank]
-    done = {p.stem for p in (output_dir / "_done").glob("*.json")} if (output_dir / "_done").is_dir() else set()
-    todo = [u for u in mine if u.name not in done]
-    log.info("rank %d/%d: %d units, %d already done", rank, world_size, len(mine), len(mine) - len(todo))
-    summary = {"units_total": len(mine), "units_skipped_done": len(mine) - len(todo), "captioned": 0,
-               "skipped": 0, "failed": Counter()}
+    (output_dir / DONE_DIR).mkdir(exist_ok=True)
+    units = discover_units(inputs, config.chunk_size)
+    for unit in units:
+        if not unit.is_folder and os.path.exists(unit.source) and \
+                Path(unit.source).resolve() == _output_path(output_dir, unit, config.sidecar).resolve():
+            raise ValueError(f"output {output_dir} would overwrite input shard {unit.source}")
+    _check_run_record(output_dir, _run_record(model_name, config))
+    mine = [u for i, u in enumerate(units) if i % config.world_size == config.rank]
+    markers = _done_markers(output_dir)
+    finished = [u for u in mine if u.name in markers]
+    if finished and not config.resume:
+        raise ValueError(f"{len(finished)} of this rank's units are already done in {output_dir} "
+                         f"(e.g. {finished[0].name}); pass --resume to continue, or use another --output")
+    _clean_stale_temps(output_dir, mine)
+    todo = [u for u in mine if u.name not in markers]
+    skipped_samples = sum(json.loads(markers[u.name].read_text()).get("samples", 0) for u in finished)
+    log.info("rank %d/%d: %d of %d units, %d already done", config.rank, config.world_size, len(mine), len(units),
+             len(finished))
+
+    reports: list[dict[str, Any]] = []
+    unreadable: list[dict[str, str]] = []
+    start = time.perf_counter()
+    seen = 0
     if todo:
-        captioner = captioner or Captioner(model_path, device, dtype)
-        start = time.perf_counter()
-        with tqdm(desc=f"caption[{rank}]", unit="img", dynamic_ncols=True) as progress:
-            for unit in todo:
-                result = caption_unit(unit, captioner, templates, settings, batch_size, output_dir, sidecar, progress)
-                summary["captioned"] += result.captioned
-                summary["skipped"] += result.skipped
-                summary["failed"].update(result.failed)
-                elapsed = time.perf_counter() - start
-                progress.set_postfix(img_s=f"{summary['captioned'] / max(elapsed, 1e-9):.2f}")
-        summary["images_per_s"] = summary["captioned"] / max(time.perf_counter() - start, 1e-9)
-    summary["failed"] = dict(summary["failed"])
-    (output_dir / f"summary-rank{rank}.json").write_text(json.dumps(summary, indent=2))
+        model = captioner() if callable(captioner) and not hasattr(captioner, "generate") else captioner
+        if model.name != model_name:
+            raise ValueError(f"captioner name {model.name!r} differs from model_name {model_name!r}")
+        size_hint = getattr(model, "image_size_hint", None)
+        streak = ErrorStreak(max(8, config.batch_size))
+        start = time.perf_counter()  # images/s without the model loading time
+        known: list[int] = []
+        with logging_redirect_tqdm(), tqdm(total=None, unit="img", dynamic_ncols=True, smoothing=0.1,
+                                           desc=f"caption rank {config.rank}" if config.world_size > 1 else "caption",
+                                           position=config.rank if config.world_size > 1 else None,
+                                           disable=not config.progress) as progress:
+            for index, unit in enumerate(todo):
+                hint = unit.size_hint()
+                if hint is not None:
+                    known.append(hint)
+                if known:  # ETA: known unit sizes, the others estimated at their mean
+                    mean = sum(known) / len(known)
+                    progress.total = progress.n + round((mean if hint is None else hint)
+                                                        + mean * (len(todo) - index - 1))
+                progress.set_postfix(unit=f"{index + 1}/{len(todo)}", refresh=False)
+                try:
+                    report = process_unit(unit, model, config, output_dir, progress, hook, size_hint, streak)
+                except UnreadableUnit as err:
+                    log.warning("cannot read %s (%s); it stays undone for the next run", unit.source, err)
+                    unreadable.append({"unit": unit.name, "source": unit.source, "reason": str(err)})
+                    continue
+                payload = report.as_dict()
+                atomic_write_json(output_dir / DONE_DIR / f"{unit.name}.json", payload)
+                reports.append(payload)
+                seen += report.samples
+                if hint is None:
+                    known.append(report.samples)
+                if hook is not None:
+                    hook("unit", unit.name, report.samples)
+                log.info("%s: %d samples, %d captioned, %d failed (%.1f s)", unit.name, report.samples,
+                         report.captioned, report.failed_samples, report.seconds)
+    elapsed = time.perf_counter() - start
+    merged = _merge_reports(reports)
+    failures = [dict(f, unit=r["unit"]) for r in reports for f in r["failures"]]
+    summary: dict[str, Any] = {
+        "rank": config.rank, "world_size": config.world_size, "model": model_name,
+        "templates": [t.name for t in config.templates],
+        "units": {"assigned": len(mine), "processed": len(reports), "skipped_done": len(finished),
+                  "unreadable": len(unreadable), "total_in_job": len(units)},
+        "samples": merged["samples"], "captioned": merged["captioned"], "failed": merged["failed_samples"],
+        "skipped": skipped_samples, "captions_added": merged["captions_added"],
+        "by_template": merged["by_template"], "failed_reasons": merged["failed_reasons"],
+        "failures": failures[:MAX_LISTED_FAILURES], "failures_total": len(failures),
+        "unreadable_units": unreadable, "seconds": round(elapsed, 2),
+        "images_per_s": round(seen / elapsed, 3) if seen and elapsed > 0 else None,
+    }
+    summary["job_complete"] = _write_job_summary(output_dir, units, model_name) is not None
+    atomic_write_json(output_dir / f"summary-rank{config.rank}.json", summary)
     return summary
+
+
+def caption(model: str, inputs: list[str], output_dir: str | Path, config: PipelineConfig,
+            device: str | None = None, dtype: str = "auto", prompt_style: str = "auto",
+            model_name: str | None = None, hook: Hook | None = None) -> dict[str, Any]:
+    """``open-tips caption`` as a function: loads the HF model from ``model`` (lazily) and runs the pipeline."""
+    from open_tips.captions.model import Captioner, model_display_name
+
+    name = model_name or model_display_name(model)
+
+    def load() -> Captioner:
+        return Captioner(model, device=device, dtype=dtype, prompt_style=prompt_style, name=name)
+
+    return run_pipeline(inputs, output_dir, config, load, name, hook)
