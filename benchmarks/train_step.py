@@ -81,7 +81,9 @@ def worker(preset: str, overrides: list[str], steps: int, warmup: int, batch_siz
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--presets", nargs="+", default=["tiny", "b14"])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS))
     parser.add_argument("--steps", type=int, default=3)
@@ -102,16 +104,25 @@ def main() -> None:
     print(f"{'preset':8} {'config':18} {'batch':>5} {'img/s':>9} {'peak MB':>9}")
     for preset, batch in zip(args.presets, sizes):
         for name in args.configs:
-            spec = {"preset": preset, "overrides": CONFIGS[name], "steps": args.steps, "warmup": args.warmup,
-                    "batch_size": batch, "device": device}
-            proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
-                                  text=True)
+            spec = {
+                "preset": preset,
+                "overrides": CONFIGS[name],
+                "steps": args.steps,
+                "warmup": args.warmup,
+                "batch_size": batch,
+                "device": device,
+            }
+            proc = subprocess.run(
+                [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True
+            )
             if proc.returncode != 0:
                 print(f"{preset:8} {name:18} failed: {proc.stderr.strip().splitlines()[-1:]}")
                 continue
             result = json.loads(proc.stdout.strip().splitlines()[-1])
-            print(f"{preset:8} {name:18} {batch:5d} {result['images_per_s']:9.2f} {result['peak_mb']:9.0f}",
-                  flush=True)
+            print(
+                f"{preset:8} {name:18} {batch:5d} {result['images_per_s']:9.2f} {result['peak_mb']:9.0f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

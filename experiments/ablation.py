@@ -32,8 +32,10 @@ VARIANTS = {
     "C": ("dual CLS (web + synthetic)", ["loss.pairs=dual", *OFF]),
     "D": ("C + self-distillation", ["loss.pairs=dual", "loss.mim=false"]),
     "E": ("D + MIM (TIPS)", ["loss.pairs=dual"]),
-    "F": ("E + iBOT++ + head-only EMA (TIPSv2)", ["loss.pairs=dual", "loss.ibot_all_tokens=true",
-                                                  "teacher.kind=head_ema"]),
+    "F": (
+        "E + iBOT++ + head-only EMA (TIPSv2)",
+        ["loss.pairs=dual", "loss.ibot_all_tokens=true", "teacher.kind=head_ema"],
+    ),
     "G": ("E + SPARC", ["loss.pairs=dual", "loss.sparc_weight=1.0"]),
 }
 # (column, task, metric, higher is better)
@@ -54,15 +56,25 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> Path:
     if results.exists():
         return results
     overrides = VARIANTS[variant][1] + [
-        f"train.seed={seed}", f"train.steps={args.steps}", f"train.output_dir={run_dir}", "train.threads=1",
-        f"data.num_samples={args.num_samples}", f"data.caption_noise={args.caption_noise}", "train.log_every=20",
-        f"train.save_every={args.steps}"]
+        f"train.seed={seed}",
+        f"train.steps={args.steps}",
+        f"train.output_dir={run_dir}",
+        "train.threads=1",
+        f"data.num_samples={args.num_samples}",
+        f"data.caption_noise={args.caption_noise}",
+        "train.log_every=20",
+        f"train.save_every={args.steps}",
+    ]
     start = time.time()
     log = run_dir.with_suffix(".log")
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as handle:
-        subprocess.run([sys.executable, "-m", "open_tips.cli", "train", *overrides], check=True, stdout=handle,
-                       stderr=subprocess.STDOUT)
+        subprocess.run(
+            [sys.executable, "-m", "open_tips.cli", "train", *overrides],
+            check=True,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
     print(f"{variant} seed {seed}: {time.time() - start:.0f} s", flush=True)
     return results
 
@@ -92,7 +104,9 @@ def summarise(out: Path, seeds: list[int]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--steps", type=int, default=600)
@@ -108,8 +122,10 @@ def main() -> None:
         for future in [pool.submit(run_one, v, s, args) for v, s in jobs]:
             future.result()
     table = summarise(Path(args.out), args.seeds)
-    header = (f"Built-in data, tiny preset, {args.steps} steps, batch 32, {args.num_samples} samples, caption noise "
-              f"{args.caption_noise}, seeds {args.seeds}; mean ± std over seeds; {time.time() - start:.0f} s.\n\n")
+    header = (
+        f"Built-in data, tiny preset, {args.steps} steps, batch 32, {args.num_samples} samples, caption noise "
+        f"{args.caption_noise}, seeds {args.seeds}; mean ± std over seeds; {time.time() - start:.0f} s.\n\n"
+    )
     print(header + table)
     if args.table:
         Path(args.table).write_text(header + table)

@@ -6,6 +6,12 @@ from open_tips.models import ImageEmbeddings, TIPSConfig, TIPSModel, create_mode
 
 __version__ = "0.1.0"
 __all__ = [
-    "CheckpointError", "ImageEmbeddings", "TIPSConfig", "TIPSModel", "create_model", "get_config",
-    "list_configs", "load_pretrained",
+    "CheckpointError",
+    "ImageEmbeddings",
+    "TIPSConfig",
+    "TIPSModel",
+    "create_model",
+    "get_config",
+    "list_configs",
+    "load_pretrained",
 ]

@@ -39,19 +39,24 @@ def random_official_state(cfg: TIPSConfig, seed: int = 0) -> tuple[dict, dict]:
     return vision, text
 
 
-def write_official_npz(folder: Path, cfg: TIPSConfig, stem: str = "tips_test", seed: int = 0,
-                       temperature: float = 0.0123) -> tuple[Path, dict, dict]:
+def write_official_npz(
+    folder: Path, cfg: TIPSConfig, stem: str = "tips_test", seed: int = 0, temperature: float = 0.0123
+) -> tuple[Path, dict, dict]:
     vision, text = random_official_state(cfg, seed)
     vision_path = folder / f"{stem}_vision.npz"
     np.savez(vision_path, **{k: v.numpy() for k, v in vision.items()})
     if text:
-        np.savez(folder / f"{stem}_text.npz", temperature=np.float32(temperature),
-                 **{k: v.numpy() for k, v in text.items()})
+        np.savez(
+            folder / f"{stem}_text.npz",
+            temperature=np.float32(temperature),
+            **{k: v.numpy() for k, v in text.items()},
+        )
     return vision_path, vision, text
 
 
-def reference_vision(state: dict, pixels: torch.Tensor, heads: int, masks: torch.Tensor | None = None,
-                     eps: float = 1e-6) -> torch.Tensor:
+def reference_vision(
+    state: dict, pixels: torch.Tensor, heads: int, masks: torch.Tensor | None = None, eps: float = 1e-6
+) -> torch.Tensor:
     """All tokens after the final norm, [B, 2 + N, D], following the official semantics."""
     batch, _, height, width = pixels.shape
     weight = state["patch_embed.proj.weight"]
@@ -108,10 +113,14 @@ def reference_text(state: dict, ids: torch.Tensor, paddings: torch.Tensor, heads
     while f"transformer.resblocks.{index}.ln_1.weight" in state:
         p = f"transformer.resblocks.{index}."
         mha = torch.nn.MultiheadAttention(dim, heads)
-        mha.load_state_dict({
-            "in_proj_weight": state[p + "attn.in_proj_weight"], "in_proj_bias": state[p + "attn.in_proj_bias"],
-            "out_proj.weight": state[p + "attn.out_proj.weight"], "out_proj.bias": state[p + "attn.out_proj.bias"],
-        })
+        mha.load_state_dict(
+            {
+                "in_proj_weight": state[p + "attn.in_proj_weight"],
+                "in_proj_bias": state[p + "attn.in_proj_bias"],
+                "out_proj.weight": state[p + "attn.out_proj.weight"],
+                "out_proj.bias": state[p + "attn.out_proj.bias"],
+            }
+        )
         mask = valid[:, None, None, :].repeat(1, heads, length, 1).flatten(0, 1)
         mask = torch.zeros_like(mask).masked_fill(mask == 0, float("-inf"))
         h = F.layer_norm(x, (dim,), state[p + "ln_1.weight"], state[p + "ln_1.bias"], 1e-5)
@@ -131,8 +140,22 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-12))
 
 
-TINY_CORPUS_CLASSES = ["cat", "dog", "person", "car", "pizza", "circle", "square", "triangle", "star", "cross",
-                       "ring", "diamond", "hexagon", "background"]
+TINY_CORPUS_CLASSES = [
+    "cat",
+    "dog",
+    "person",
+    "car",
+    "pizza",
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "cross",
+    "ring",
+    "diamond",
+    "hexagon",
+    "background",
+]
 
 
 def make_tiny_checkpoint(folder: Path, seed: int = 4) -> Path:

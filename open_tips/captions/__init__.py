@@ -9,5 +9,14 @@ from open_tips.captions.model import Captioner, DecodeSettings, clean_caption
 from open_tips.captions.pipeline import PipelineConfig, caption, run_pipeline
 from open_tips.captions.prompts import TEMPLATES, CaptionTemplate, parse_templates
 
-__all__ = ["TEMPLATES", "CaptionTemplate", "Captioner", "DecodeSettings", "PipelineConfig", "caption",
-           "clean_caption", "parse_templates", "run_pipeline"]
+__all__ = [
+    "TEMPLATES",
+    "CaptionTemplate",
+    "Captioner",
+    "DecodeSettings",
+    "PipelineConfig",
+    "caption",
+    "clean_caption",
+    "parse_templates",
+    "run_pipeline",
+]

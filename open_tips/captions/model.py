@@ -33,8 +33,9 @@ class DecodeSettings:
     max_caption_tokens: int | None = 64  # None or 0: no cap
 
     def generate_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = dict(max_new_tokens=self.max_new_tokens, num_beams=self.num_beams,
-                                      do_sample=self.do_sample)
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=self.max_new_tokens, num_beams=self.num_beams, do_sample=self.do_sample
+        )
         if self.do_sample:  # only then: greedy/beam search with temperature set makes transformers warn
             kwargs.update(temperature=self.temperature, top_p=self.top_p)
         return kwargs
@@ -49,7 +50,9 @@ class CaptionModel(Protocol):
     name: str
     prompt_style: str
 
-    def generate(self, images: list[Image.Image], prompts: list[str], settings: DecodeSettings) -> list[str]: ...
+    def generate(
+        self, images: list[Image.Image], prompts: list[str], settings: DecodeSettings
+    ) -> list[str]: ...
 
 
 def default_device() -> torch.device:
@@ -75,7 +78,7 @@ def model_display_name(model: str) -> str:
         return model  # a hub name resolved from the local cache
     path = path.resolve()
     if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
-        return path.parent.parent.name[len("models--"):].replace("--", "/")
+        return path.parent.parent.name[len("models--") :].replace("--", "/")
     return path.name
 
 
@@ -93,14 +96,22 @@ def _load_model(model: str, dtype: torch.dtype):
             return auto.from_pretrained(model, local_files_only=True, dtype=dtype)
         except ValueError as err:  # "Unrecognized configuration class ..." -> try the next auto class
             errors.append(f"{auto_name}: {err}")
-    raise ValueError(f"{model} is not an image-text-to-text model transformers can load:\n" + "\n".join(errors))
+    raise ValueError(
+        f"{model} is not an image-text-to-text model transformers can load:\n" + "\n".join(errors)
+    )
 
 
 class Captioner:
     """An HF image-to-text model and its processor, from local files, generating captions for batches."""
 
-    def __init__(self, model: str, device: str | torch.device | None = None, dtype: str = "auto",
-                 prompt_style: str = "auto", name: str | None = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        device: str | torch.device | None = None,
+        dtype: str = "auto",
+        prompt_style: str = "auto",
+        name: str | None = None,
+    ) -> None:
         from transformers import AutoProcessor
 
         if not Path(model).exists() and (model.startswith((".", "/", "~")) or model.count("/") > 1):
@@ -122,7 +133,9 @@ class Captioner:
             raise ValueError(f"prompt style {prompt_style!r} not in {STYLES}")
         self.encoder_decoder = bool(getattr(self.model.config, "is_encoder_decoder", False))
         if not self.encoder_decoder and hasattr(self.tokenizer, "padding_side"):
-            self.tokenizer.padding_side = "left"  # batched decoder-only generation continues from the right end
+            self.tokenizer.padding_side = (
+                "left"  # batched decoder-only generation continues from the right end
+            )
         self.pad_token_id = getattr(self.tokenizer, "pad_token_id", None)
         if self.pad_token_id is None:
             self.pad_token_id = getattr(self.tokenizer, "eos_token_id", None)
@@ -131,7 +144,11 @@ class Captioner:
     def image_size_hint(self) -> int | None:
         """The processor's input side in pixels, if it says (lets JPEG decoding skip needless resolution)."""
         size = getattr(getattr(self.processor, "image_processor", None), "size", None) or {}
-        sides = [v for k, v in dict(size).items() if k in ("height", "width", "shortest_edge") and isinstance(v, int)]
+        sides = [
+            v
+            for k, v in dict(size).items()
+            if k in ("height", "width", "shortest_edge") and isinstance(v, int)
+        ]
         return max(sides) if sides else None
 
     def _detect_style(self) -> str:
@@ -161,8 +178,9 @@ class Captioner:
             return f"{image_token}{text}"
         return text
 
-    def template_prompt(self, template: CaptionTemplate, web: str | None = None,
-                        synthetic: str | None = None) -> str:
+    def template_prompt(
+        self, template: CaptionTemplate, web: str | None = None, synthetic: str | None = None
+    ) -> str:
         return template.render(self.prompt_style, web, synthetic)
 
     @torch.inference_mode()
@@ -178,16 +196,24 @@ class Captioner:
             warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
             inputs = self.processor(images=images, text=texts, return_tensors="pt", padding=True, **extra)
         inputs.pop("labels", None)  # PaliGemma's processor adds training labels
-        inputs = {k: (v.to(self.device, self.dtype) if torch.is_floating_point(v) else v.to(self.device))
-                  for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+        inputs = {
+            k: (v.to(self.device, self.dtype) if torch.is_floating_point(v) else v.to(self.device))
+            for k, v in inputs.items()
+            if isinstance(v, torch.Tensor)
+        }
         output = self.model.generate(**inputs, **settings.generate_kwargs(), pad_token_id=self.pad_token_id)
         prompt_ids = inputs.get("input_ids")
-        if (prompt_ids is not None and output.shape[1] >= prompt_ids.shape[1]
-                and torch.equal(output[:, : prompt_ids.shape[1]], prompt_ids)):
-            output = output[:, prompt_ids.shape[1]:]  # decoder-only models return prompt + continuation
+        if (
+            prompt_ids is not None
+            and output.shape[1] >= prompt_ids.shape[1]
+            and torch.equal(output[:, : prompt_ids.shape[1]], prompt_ids)
+        ):
+            output = output[:, prompt_ids.shape[1] :]  # decoder-only models return prompt + continuation
         decoded = self.tokenizer.batch_decode(output, skip_special_tokens=True)
-        return [clean_caption(text, prompt, self.tokenizer, settings.max_caption_tokens)
-                for text, prompt in zip(decoded, prompts)]
+        return [
+            clean_caption(text, prompt, self.tokenizer, settings.max_caption_tokens)
+            for text, prompt in zip(decoded, prompts)
+        ]
 
 
 _CONTROL = re.compile(r"[\u0000-\u0008\u000b-\u001f\u007f-\u009f\ufffd]")
@@ -201,7 +227,7 @@ def clean_caption(text: str, prompt: str = "", tokenizer: Any = None, max_tokens
     text = " ".join(text.split())
     echo = " ".join(prompt.split())
     if echo and text.lower().startswith(echo.lower()):
-        text = text[len(echo):].lstrip(" :,-\n")
+        text = text[len(echo) :].lstrip(" :,-\n")
     if tokenizer is not None and max_tokens and text:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > max_tokens:

@@ -98,7 +98,9 @@ class Sample:
         """The most recent synthetic caption not made by template ``exclude`` (the new ones of this run
         first): what ``rewrite`` conditions on, so ``--template detailed rewrite`` rewrites the fresh one."""
         for entry in reversed(self.existing() + self.new):
-            text, template = (entry, None) if isinstance(entry, str) else (entry.get("text"), entry.get("template"))
+            text, template = (
+                (entry, None) if isinstance(entry, str) else (entry.get("text"), entry.get("template"))
+            )
             if isinstance(text, str) and text.strip() and template != exclude:
                 return text
         return None
@@ -215,12 +217,19 @@ class ErrorStreak:
             return
         self.count += 1
         if self.count >= self.limit:
-            raise SystemicFailure(f"generation failed for {self.count} samples in a row, last with "
-                                  f"{type(outcome).__name__}: {outcome}") from outcome
+            raise SystemicFailure(
+                f"generation failed for {self.count} samples in a row, last with "
+                f"{type(outcome).__name__}: {outcome}"
+            ) from outcome
 
 
-def _generate(captioner: CaptionModel, pairs: list[tuple[Sample, str]], template: CaptionTemplate,
-              settings: DecodeSettings, streak: ErrorStreak) -> None:
+def _generate(
+    captioner: CaptionModel,
+    pairs: list[tuple[Sample, str]],
+    template: CaptionTemplate,
+    settings: DecodeSettings,
+    streak: ErrorStreak,
+) -> None:
     """Captions one batch for one template; a failing batch is retried sample by sample."""
     try:
         captions = captioner.generate([s.image for s, _ in pairs], [p for _, p in pairs], settings)
@@ -229,7 +238,9 @@ def _generate(captioner: CaptionModel, pairs: list[tuple[Sample, str]], template
         if len(pairs) == 1:
             outcomes = [err]
         else:
-            log.warning("batch generation failed (%s: %s); retrying one sample at a time", type(err).__name__, err)
+            log.warning(
+                "batch generation failed (%s: %s); retrying one sample at a time", type(err).__name__, err
+            )
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             outcomes = []
@@ -248,8 +259,9 @@ def _generate(captioner: CaptionModel, pairs: list[tuple[Sample, str]], template
             sample.new.append({"text": outcome, "template": template.name, "model": captioner.name})
 
 
-def caption_batch(samples: list[Sample], captioner: CaptionModel, config: PipelineConfig,
-                  streak: ErrorStreak | None = None) -> None:
+def caption_batch(
+    samples: list[Sample], captioner: CaptionModel, config: PipelineConfig, streak: ErrorStreak | None = None
+) -> None:
     """Adds each template's caption to the usable samples, in template order (so ``rewrite`` sees captions
     made earlier in the same call); records why a sample gets none."""
     for template in config.templates:
@@ -257,12 +269,18 @@ def caption_batch(samples: list[Sample], captioner: CaptionModel, config: Pipeli
         for sample in samples:
             if sample.error:
                 continue
-            if any(isinstance(e, dict) and e.get("template") == template.name and e.get("model") == captioner.name
-                   for e in sample.existing()):
+            if any(
+                isinstance(e, dict)
+                and e.get("template") == template.name
+                and e.get("model") == captioner.name
+                for e in sample.existing()
+            ):
                 sample.present.append(template.name)  # e.g. a re-run over already captioned shards
                 continue
             web = sample.web_caption
-            synthetic = sample.latest_synthetic(exclude=template.name) if template.needs("synthetic") else None
+            synthetic = (
+                sample.latest_synthetic(exclude=template.name) if template.needs("synthetic") else None
+            )
             if template.needs("web") and web is None:
                 sample.fail(template.name, "missing_web_caption")
             elif template.needs("synthetic") and synthetic is None:
@@ -270,8 +288,9 @@ def caption_batch(samples: list[Sample], captioner: CaptionModel, config: Pipeli
             else:
                 pairs.append((sample, template.render(captioner.prompt_style, web, synthetic)))
         if pairs:
-            _generate(captioner, pairs, template, config.settings,
-                      streak or ErrorStreak(max(8, config.batch_size)))
+            _generate(
+                captioner, pairs, template, config.settings, streak or ErrorStreak(max(8, config.batch_size))
+            )
 
 
 @dataclass
@@ -309,12 +328,20 @@ class UnitReport:
         self.failures.extend(sample.failures)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"unit": self.unit, "source": self.source, "output": self.output, "samples": self.samples,
-                "captioned": self.captioned, "failed_samples": self.failed_samples,
-                "captions_added": self.captions_added,
-                "by_template": {k: dict(v) for k, v in self.by_template.items()},
-                "failed_reasons": dict(self.reasons), "failures": self.failures,
-                "seconds": round(self.seconds, 3), "finished_at": time.time()}
+        return {
+            "unit": self.unit,
+            "source": self.source,
+            "output": self.output,
+            "samples": self.samples,
+            "captioned": self.captioned,
+            "failed_samples": self.failed_samples,
+            "captions_added": self.captions_added,
+            "by_template": {k: dict(v) for k, v in self.by_template.items()},
+            "failed_reasons": dict(self.reasons),
+            "failures": self.failures,
+            "seconds": round(self.seconds, 3),
+            "finished_at": time.time(),
+        }
 
 
 def _output_path(output_dir: Path, unit: Unit, sidecar: bool) -> Path:
@@ -326,9 +353,16 @@ def _unit_seed(seed: int, name: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
 
 
-def process_unit(unit: Unit, captioner: CaptionModel, config: PipelineConfig, output_dir: Path,
-                 progress: tqdm | None = None, hook: Hook | None = None, size_hint: int | None = None,
-                 streak: ErrorStreak | None = None) -> UnitReport:
+def process_unit(
+    unit: Unit,
+    captioner: CaptionModel,
+    config: PipelineConfig,
+    output_dir: Path,
+    progress: tqdm | None = None,
+    hook: Hook | None = None,
+    size_hint: int | None = None,
+    streak: ErrorStreak | None = None,
+) -> UnitReport:
     """Captions one unit and publishes its output; the caller writes the done marker."""
     streak = streak or ErrorStreak(max(8, config.batch_size))
     start = time.perf_counter()
@@ -386,11 +420,15 @@ def _write(writer: ShardWriter | JsonlWriter, sample: Sample, unit: Unit) -> Non
 
 def _run_record(model_name: str, config: PipelineConfig) -> dict[str, Any]:
     """What must not change between the runs (and ranks) writing one output directory."""
-    return {"model": model_name,
-            "templates": [{"name": t.name, "prefix": t.prefix, "instruction": t.instruction}
-                          for t in config.templates],
-            "decode": config.settings.as_dict(), "sidecar": config.sidecar,
-            "seed": config.seed if config.settings.do_sample else None}  # greedy/beam: the seed changes nothing
+    return {
+        "model": model_name,
+        "templates": [
+            {"name": t.name, "prefix": t.prefix, "instruction": t.instruction} for t in config.templates
+        ],
+        "decode": config.settings.as_dict(),
+        "sidecar": config.sidecar,
+        "seed": config.seed if config.settings.do_sample else None,
+    }  # greedy/beam: the seed changes nothing
 
 
 def _check_run_record(output_dir: Path, record: dict[str, Any]) -> None:
@@ -400,8 +438,10 @@ def _check_run_record(output_dir: Path, record: dict[str, Any]) -> None:
     existing = json.loads(path.read_text())
     if existing != record:
         changed = sorted(k for k in set(existing) | set(record) if existing.get(k) != record.get(k))
-        raise ValueError(f"{output_dir} holds captions made with other settings ({', '.join(changed)} differ, "
-                         f"see {path}); use another --output, or the same settings to resume")
+        raise ValueError(
+            f"{output_dir} holds captions made with other settings ({', '.join(changed)} differ, "
+            f"see {path}); use another --output, or the same settings to resume"
+        )
 
 
 def _done_markers(output_dir: Path) -> dict[str, Path]:
@@ -420,8 +460,15 @@ def _clean_stale_temps(output_dir: Path, units: list[Unit]) -> None:
 
 
 def _merge_reports(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    total: dict[str, Any] = {"units": 0, "samples": 0, "captioned": 0, "failed_samples": 0, "captions_added": 0,
-                             "by_template": {}, "failed_reasons": Counter()}
+    total: dict[str, Any] = {
+        "units": 0,
+        "samples": 0,
+        "captioned": 0,
+        "failed_samples": 0,
+        "captions_added": 0,
+        "by_template": {},
+        "failed_reasons": Counter(),
+    }
     for report in reports:
         total["units"] += 1
         for key in ("samples", "captioned", "failed_samples", "captions_added"):
@@ -445,9 +492,14 @@ def _write_job_summary(output_dir: Path, units: list[Unit], model_name: str) -> 
     return summary
 
 
-def run_pipeline(inputs: list[str], output_dir: str | Path, config: PipelineConfig,
-                 captioner: CaptionModel | Callable[[], CaptionModel], model_name: str,
-                 hook: Hook | None = None) -> dict[str, Any]:
+def run_pipeline(
+    inputs: list[str],
+    output_dir: str | Path,
+    config: PipelineConfig,
+    captioner: CaptionModel | Callable[[], CaptionModel],
+    model_name: str,
+    hook: Hook | None = None,
+) -> dict[str, Any]:
     """Captions this rank's units of ``inputs`` into ``output_dir``; returns (and writes) the rank's summary.
 
     ``captioner`` may be a factory, called only when there is work left (a finished job does not load a
@@ -462,21 +514,32 @@ def run_pipeline(inputs: list[str], output_dir: str | Path, config: PipelineConf
     (output_dir / DONE_DIR).mkdir(exist_ok=True)
     units = discover_units(inputs, config.chunk_size)
     for unit in units:
-        if not unit.is_folder and os.path.exists(unit.source) and \
-                Path(unit.source).resolve() == _output_path(output_dir, unit, config.sidecar).resolve():
+        if (
+            not unit.is_folder
+            and os.path.exists(unit.source)
+            and Path(unit.source).resolve() == _output_path(output_dir, unit, config.sidecar).resolve()
+        ):
             raise ValueError(f"output {output_dir} would overwrite input shard {unit.source}")
     _check_run_record(output_dir, _run_record(model_name, config))
     mine = [u for i, u in enumerate(units) if i % config.world_size == config.rank]
     markers = _done_markers(output_dir)
     finished = [u for u in mine if u.name in markers]
     if finished and not config.resume:
-        raise ValueError(f"{len(finished)} of this rank's units are already done in {output_dir} "
-                         f"(e.g. {finished[0].name}); pass --resume to continue, or use another --output")
+        raise ValueError(
+            f"{len(finished)} of this rank's units are already done in {output_dir} "
+            f"(e.g. {finished[0].name}); pass --resume to continue, or use another --output"
+        )
     _clean_stale_temps(output_dir, mine)
     todo = [u for u in mine if u.name not in markers]
     skipped_samples = sum(json.loads(markers[u.name].read_text()).get("samples", 0) for u in finished)
-    log.info("rank %d/%d: %d of %d units, %d already done", config.rank, config.world_size, len(mine), len(units),
-             len(finished))
+    log.info(
+        "rank %d/%d: %d of %d units, %d already done",
+        config.rank,
+        config.world_size,
+        len(mine),
+        len(units),
+        len(finished),
+    )
 
     reports: list[dict[str, Any]] = []
     unreadable: list[dict[str, str]] = []
@@ -490,18 +553,27 @@ def run_pipeline(inputs: list[str], output_dir: str | Path, config: PipelineConf
         streak = ErrorStreak(max(8, config.batch_size))
         start = time.perf_counter()  # images/s without the model loading time
         known: list[int] = []
-        with logging_redirect_tqdm(), tqdm(total=None, unit="img", dynamic_ncols=True, smoothing=0.1,
-                                           desc=f"caption rank {config.rank}" if config.world_size > 1 else "caption",
-                                           position=config.rank if config.world_size > 1 else None,
-                                           disable=not config.progress) as progress:
+        with (
+            logging_redirect_tqdm(),
+            tqdm(
+                total=None,
+                unit="img",
+                dynamic_ncols=True,
+                smoothing=0.1,
+                desc=f"caption rank {config.rank}" if config.world_size > 1 else "caption",
+                position=config.rank if config.world_size > 1 else None,
+                disable=not config.progress,
+            ) as progress,
+        ):
             for index, unit in enumerate(todo):
                 hint = unit.size_hint()
                 if hint is not None:
                     known.append(hint)
                 if known:  # ETA: known unit sizes, the others estimated at their mean
                     mean = sum(known) / len(known)
-                    progress.total = progress.n + round((mean if hint is None else hint)
-                                                        + mean * (len(todo) - index - 1))
+                    progress.total = progress.n + round(
+                        (mean if hint is None else hint) + mean * (len(todo) - index - 1)
+                    )
                 progress.set_postfix(unit=f"{index + 1}/{len(todo)}", refresh=False)
                 try:
                     report = process_unit(unit, model, config, output_dir, progress, hook, size_hint, streak)
@@ -517,21 +589,40 @@ def run_pipeline(inputs: list[str], output_dir: str | Path, config: PipelineConf
                     known.append(report.samples)
                 if hook is not None:
                     hook("unit", unit.name, report.samples)
-                log.info("%s: %d samples, %d captioned, %d failed (%.1f s)", unit.name, report.samples,
-                         report.captioned, report.failed_samples, report.seconds)
+                log.info(
+                    "%s: %d samples, %d captioned, %d failed (%.1f s)",
+                    unit.name,
+                    report.samples,
+                    report.captioned,
+                    report.failed_samples,
+                    report.seconds,
+                )
     elapsed = time.perf_counter() - start
     merged = _merge_reports(reports)
     failures = [dict(f, unit=r["unit"]) for r in reports for f in r["failures"]]
     summary: dict[str, Any] = {
-        "rank": config.rank, "world_size": config.world_size, "model": model_name,
+        "rank": config.rank,
+        "world_size": config.world_size,
+        "model": model_name,
         "templates": [t.name for t in config.templates],
-        "units": {"assigned": len(mine), "processed": len(reports), "skipped_done": len(finished),
-                  "unreadable": len(unreadable), "total_in_job": len(units)},
-        "samples": merged["samples"], "captioned": merged["captioned"], "failed": merged["failed_samples"],
-        "skipped": skipped_samples, "captions_added": merged["captions_added"],
-        "by_template": merged["by_template"], "failed_reasons": merged["failed_reasons"],
-        "failures": failures[:MAX_LISTED_FAILURES], "failures_total": len(failures),
-        "unreadable_units": unreadable, "seconds": round(elapsed, 2),
+        "units": {
+            "assigned": len(mine),
+            "processed": len(reports),
+            "skipped_done": len(finished),
+            "unreadable": len(unreadable),
+            "total_in_job": len(units),
+        },
+        "samples": merged["samples"],
+        "captioned": merged["captioned"],
+        "failed": merged["failed_samples"],
+        "skipped": skipped_samples,
+        "captions_added": merged["captions_added"],
+        "by_template": merged["by_template"],
+        "failed_reasons": merged["failed_reasons"],
+        "failures": failures[:MAX_LISTED_FAILURES],
+        "failures_total": len(failures),
+        "unreadable_units": unreadable,
+        "seconds": round(elapsed, 2),
         "images_per_s": round(seen / elapsed, 3) if seen and elapsed > 0 else None,
     }
     summary["job_complete"] = _write_job_summary(output_dir, units, model_name) is not None
@@ -539,9 +630,17 @@ def run_pipeline(inputs: list[str], output_dir: str | Path, config: PipelineConf
     return summary
 
 
-def caption(model: str, inputs: list[str], output_dir: str | Path, config: PipelineConfig,
-            device: str | None = None, dtype: str = "auto", prompt_style: str = "auto",
-            model_name: str | None = None, hook: Hook | None = None) -> dict[str, Any]:
+def caption(
+    model: str,
+    inputs: list[str],
+    output_dir: str | Path,
+    config: PipelineConfig,
+    device: str | None = None,
+    dtype: str = "auto",
+    prompt_style: str = "auto",
+    model_name: str | None = None,
+    hook: Hook | None = None,
+) -> dict[str, Any]:
     """``open-tips caption`` as a function: loads the HF model from ``model`` (lazily) and runs the pipeline."""
     from open_tips.captions.model import Captioner, model_display_name
 

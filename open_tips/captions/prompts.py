@@ -53,20 +53,21 @@ def _flat(text: str | None) -> str:
 
 TEMPLATES: dict[str, CaptionTemplate] = {
     "detailed": CaptionTemplate(
-        "detailed", "describe en",
+        "detailed",
+        "describe en",
         "Describe this image in detail. Name the objects in it, their attributes (colour, size, material, "
         "count), where each one is in the image (left, right, top, bottom, centre, foreground, background) and "
-        "how they relate to each other. Describe only what is visible, in plain prose, in one paragraph."),
-    "short": CaptionTemplate(
-        "short", "caption en",
-        "Write one short sentence describing this image."),
+        "how they relate to each other. Describe only what is visible, in plain prose, in one paragraph.",
+    ),
+    "short": CaptionTemplate("short", "caption en", "Write one short sentence describing this image."),
     "rewrite": CaptionTemplate(
         "rewrite",
         "rewrite en the alt-text '{web}' and the description '{synthetic}' as one accurate caption",
-        "Here is the alt-text of this image from the web: \"{web}\". Here is a description of the image: "
-        "\"{synthetic}\". Write one accurate caption of the image that keeps the specific names and facts of the "
+        'Here is the alt-text of this image from the web: "{web}". Here is a description of the image: '
+        '"{synthetic}". Write one accurate caption of the image that keeps the specific names and facts of the '
         "alt-text that the image supports and the visual details of the description. Answer with the caption "
-        "only."),
+        "only.",
+    ),
 }
 
 

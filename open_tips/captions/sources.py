@@ -64,8 +64,13 @@ class Unit:
             return None
         try:
             with tarfile.open(self.source, "r:") as archive:  # seeks from header to header
-                return len({m.group(1) for info in archive if info.isreg()
-                            and (m := _KEY_EXT.match(info.name)) is not None})
+                return len(
+                    {
+                        m.group(1)
+                        for info in archive
+                        if info.isreg() and (m := _KEY_EXT.match(info.name)) is not None
+                    }
+                )
         except _ARCHIVE_ERRORS:
             return None
 
@@ -139,13 +144,21 @@ def _folder_items(folder: Path) -> list[FolderItem]:
                     if not isinstance(record, dict) or not isinstance(relative, str):
                         raise TypeError
                 except (json.JSONDecodeError, KeyError, TypeError) as err:
-                    items.append(FolderItem(f"captions.jsonl:{number}", f"captions_jsonl_line{number:08d}",
-                                            error=f"malformed_jsonl: {type(err).__name__}"))
+                    items.append(
+                        FolderItem(
+                            f"captions.jsonl:{number}",
+                            f"captions_jsonl_line{number:08d}",
+                            error=f"malformed_jsonl: {type(err).__name__}",
+                        )
+                    )
                     continue
                 items.append(FolderItem(relative, "", {k: v for k, v in record.items() if k != "image"}))
     else:
-        items = [FolderItem(str(p.relative_to(folder)), "") for p in sorted(folder.rglob("*"))
-                 if p.is_file() and p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS]
+        items = [
+            FolderItem(str(p.relative_to(folder)), "")
+            for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS
+        ]
     used: set[str] = set()
     for item in items:
         if item.error is None:
@@ -171,15 +184,22 @@ def discover_units(inputs: list[str], chunk_size: int = 512) -> list[Unit]:
         if path.is_dir():
             folder_items = _folder_items(path)
             for index, start in enumerate(range(0, len(folder_items), chunk_size)):
-                units.append(Unit(f"{path.resolve().name}-{index:06d}", str(path),
-                                  folder_items[start:start + chunk_size]))
+                units.append(
+                    Unit(
+                        f"{path.resolve().name}-{index:06d}",
+                        str(path),
+                        folder_items[start : start + chunk_size],
+                    )
+                )
         else:
             units.extend(Unit(unit_name_for(url), url) for url in _expand(item))
     seen: dict[str, str] = {}
     for unit in units:
         if unit.name in seen:  # outputs and done markers are named after units
-            raise ValueError(f"inputs {seen[unit.name]} and {unit.source} would both write {unit.name}.tar; "
-                             "caption them into different --output directories")
+            raise ValueError(
+                f"inputs {seen[unit.name]} and {unit.source} would both write {unit.name}.tar; "
+                "caption them into different --output directories"
+            )
         seen[unit.name] = unit.source
     if not units:
         raise ValueError(f"no input shards or images found in {inputs}")
@@ -284,7 +304,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     mode = image.mode
     if mode.startswith("I;16") or mode in ("I", "F"):  # 16-bit / float greyscale
         array = np.nan_to_num(np.asarray(image, dtype=np.float32))
-        scale = 255.0 if mode == "F" and float(array.max(initial=0.0)) <= 1.0 else (1.0 if mode == "F" else 1 / 257)
+        scale = (
+            255.0
+            if mode == "F" and float(array.max(initial=0.0)) <= 1.0
+            else (1.0 if mode == "F" else 1 / 257)
+        )
         return Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8), "L").convert("RGB")
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")  # transparency over white, as a browser shows it

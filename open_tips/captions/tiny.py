@@ -26,7 +26,10 @@ SENTENCES = (
     "a yellow bus parked next to a tall building on a city street",
     "a bowl of fruit in the centre, bananas on the left, oranges on the right",
     "a person riding a bicycle below a large tree beside the road",
-    "caption en", "describe en", "answer en", "rewrite the alt-text and the description into one caption",
+    "caption en",
+    "describe en",
+    "answer en",
+    "rewrite the alt-text and the description into one caption",
 )
 # Gemma's fixed ids: <pad> 0, <eos> 1, <bos> 2, <unk> 3, <mask> 4; PaliGemma adds <image>.
 SPECIAL = {"pad": "<pad>", "eos": "<eos>", "bos": "<bos>", "unk": "<unk>"}
@@ -38,16 +41,36 @@ def _train_tokenizer(directory: Path, sentences: Iterable[str], vocab_size: int)
 
     buffer = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(list(sentences) * 8), model_writer=buffer, vocab_size=vocab_size,
-        model_type="bpe", byte_fallback=True,  # like Gemma's: any text round-trips, nothing maps to <unk>
-        pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece=SPECIAL["pad"], eos_piece=SPECIAL["eos"],
-        bos_piece=SPECIAL["bos"], unk_piece=SPECIAL["unk"], user_defined_symbols=["<mask>", "<image>"],
-        hard_vocab_limit=False, minloglevel=2, num_threads=1)
+        sentence_iterator=iter(list(sentences) * 8),
+        model_writer=buffer,
+        vocab_size=vocab_size,
+        model_type="bpe",
+        byte_fallback=True,  # like Gemma's: any text round-trips, nothing maps to <unk>
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+        pad_piece=SPECIAL["pad"],
+        eos_piece=SPECIAL["eos"],
+        bos_piece=SPECIAL["bos"],
+        unk_piece=SPECIAL["unk"],
+        user_defined_symbols=["<mask>", "<image>"],
+        hard_vocab_limit=False,
+        minloglevel=2,
+        num_threads=1,
+    )
     (directory / "tokenizer.model").write_bytes(buffer.getvalue())
 
 
-def make_tiny_paligemma(directory: str | Path, image_size: int = 28, seed: int = 0, hidden: int = 32,
-                        layers: int = 1, vocab_size: int = 384, sentences: Iterable[str] = SENTENCES) -> Path:
+def make_tiny_paligemma(
+    directory: str | Path,
+    image_size: int = 28,
+    seed: int = 0,
+    hidden: int = 32,
+    layers: int = 1,
+    vocab_size: int = 384,
+    sentences: Iterable[str] = SENTENCES,
+) -> Path:
     """Builds the model, tokenizer and processor and saves them to ``directory`` (created); returns it.
 
     ``image_size`` must be a multiple of 14 (SigLIP patch size); it sets the number of image tokens
@@ -72,28 +95,51 @@ def make_tiny_paligemma(directory: str | Path, image_size: int = 28, seed: int =
         _train_tokenizer(Path(spm_dir), sentences, vocab_size)
         tokenizer = GemmaTokenizer.from_pretrained(spm_dir)
     image_processor = SiglipImageProcessor(
-        size={"height": image_size, "width": image_size}, image_seq_length=(image_size // 14) ** 2,
-        image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)  # adds <loc>/<seg> tokens
+        size={"height": image_size, "width": image_size},
+        image_seq_length=(image_size // 14) ** 2,
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+    )
+    processor = PaliGemmaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer
+    )  # adds <loc>/<seg> tokens
     vocab = len(processor.tokenizer)
     heads = max(1, hidden // 16)
     config = PaliGemmaConfig(
-        vision_config=dict(model_type="siglip_vision_model", hidden_size=hidden, intermediate_size=2 * hidden,
-                           num_hidden_layers=layers, num_attention_heads=heads, image_size=image_size,
-                           patch_size=14, projection_dim=hidden),
-        text_config=dict(model_type="gemma", hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=1,
-                         head_dim=16, vocab_size=vocab, max_position_embeddings=512, tie_word_embeddings=False),
-        image_token_index=processor.image_token_id, projection_dim=hidden, vocab_size=vocab,
-        tie_word_embeddings=False)  # tied random embeddings make a 1-layer model repeat its last input token
+        vision_config=dict(
+            model_type="siglip_vision_model",
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            image_size=image_size,
+            patch_size=14,
+            projection_dim=hidden,
+        ),
+        text_config=dict(
+            model_type="gemma",
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=1,
+            head_dim=16,
+            vocab_size=vocab,
+            max_position_embeddings=512,
+            tie_word_embeddings=False,
+        ),
+        image_token_index=processor.image_token_id,
+        projection_dim=hidden,
+        vocab_size=vocab,
+        tie_word_embeddings=False,
+    )  # tied random embeddings make a 1-layer model repeat its last input token
     torch.manual_seed(seed)
     model = PaliGemmaForConditionalGeneration(config).eval()
     with torch.no_grad():
         # Zero logits for control, <loc>/<seg> and byte-fallback tokens: greedy decoding then picks plain word
         # pieces (a zero logit loses to the positive ones), so the nonsense at least reads like words.
         vocab_tokens = processor.tokenizer.convert_ids_to_tokens(list(range(vocab)))
-        silent = [i for i, token in enumerate(vocab_tokens)
-                  if token is None or token.startswith("<")]
+        silent = [i for i, token in enumerate(vocab_tokens) if token is None or token.startswith("<")]
         model.get_output_embeddings().weight[silent] = 0.0
     model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id

@@ -13,15 +13,24 @@ from open_tips.inference.options import add_model_args, fail, load_checkpoint, r
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "convert", help="convert between the official npz and the HF layout",
+        "convert",
+        help="convert between the official npz and the HF layout",
         description="Writes the model in the other format (or the one named by --to), reloads what was written "
-                    "and compares both models' outputs on a random image and random token ids; exits 1 when "
-                    "the largest relative difference exceeds --tolerance.")
-    parser.add_argument("--output", required=True,
-                        help="--to hf: a directory; --to npz: a stem (out/tips_b14 -> out/tips_b14_vision.npz "
-                             "+ _text.npz), a *_vision.npz path, or an existing directory")
-    parser.add_argument("--to", choices=["hf", "npz"], default=None,
-                        help="target format (default: npz for an HF directory, hf otherwise)")
+        "and compares both models' outputs on a random image and random token ids; exits 1 when "
+        "the largest relative difference exceeds --tolerance.",
+    )
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="--to hf: a directory; --to npz: a stem (out/tips_b14 -> out/tips_b14_vision.npz "
+        "+ _text.npz), a *_vision.npz path, or an existing directory",
+    )
+    parser.add_argument(
+        "--to",
+        choices=["hf", "npz"],
+        default=None,
+        help="target format (default: npz for an HF directory, hf otherwise)",
+    )
     parser.add_argument("--tolerance", type=float, default=1e-5)
     add_model_args(parser, batch_size=1, images=False)
     parser.set_defaults(func=run)
@@ -52,7 +61,9 @@ def max_relative_error(model, reloaded, image_size: int, batch_size: int) -> flo
 
     with torch.inference_mode():
         a, b = model.encode_image(pixels), reloaded.encode_image(pixels)
-        errors = [relative(getattr(a, k), getattr(b, k)) for k in ("cls_web", "cls_synthetic", "patch_tokens")]
+        errors = [
+            relative(getattr(a, k), getattr(b, k)) for k in ("cls_web", "cls_synthetic", "patch_tokens")
+        ]
         errors.append(relative(model.temperature, reloaded.temperature))
         if model.text is not None:
             if reloaded.text is None:
@@ -60,10 +71,16 @@ def max_relative_error(model, reloaded, image_size: int, batch_size: int) -> flo
             length = min(16, model.cfg.text.max_len)
             rows = 4  # captions of several lengths, so that padding is exercised
             ids = torch.randint(1, model.cfg.text.vocab_size, (rows, length), generator=generator)
-            padding = torch.arange(length)[None] >= torch.randint(1, length + 1, (rows, 1), generator=generator)
+            padding = torch.arange(length)[None] >= torch.randint(
+                1, length + 1, (rows, 1), generator=generator
+            )
             ids = ids.masked_fill(padding, 0).to(model.device)
-            errors.append(relative(model.encode_text(ids, padding.to(model.device)),
-                                   reloaded.encode_text(ids, padding.to(model.device))))
+            errors.append(
+                relative(
+                    model.encode_text(ids, padding.to(model.device)),
+                    reloaded.encode_text(ids, padding.to(model.device)),
+                )
+            )
     return max(errors)
 
 

@@ -16,12 +16,16 @@ from open_tips.inference.options import add_model_args, fail, input_images, load
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "embed", help="compute image embeddings for images or folders",
+        "embed",
+        help="compute image embeddings for images or folders",
         description="Writes cls_web and cls_synthetic [N, D] (and patch_tokens [N, h, w, D] with "
-                    "--patch-tokens) plus the image paths, in input order; unreadable images are skipped.")
+        "--patch-tokens) plus the image paths, in input order; unreadable images are skipped.",
+    )
     parser.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     parser.add_argument("--output", required=True, help="out.npz or out.safetensors (written atomically)")
-    parser.add_argument("--patch-tokens", action="store_true", help="also store the patch features [N, h, w, D]")
+    parser.add_argument(
+        "--patch-tokens", action="store_true", help="also store the patch features [N, h, w, D]"
+    )
     parser.add_argument("--normalize", action="store_true", help="L2-normalise the CLS embeddings")
     add_model_args(parser)
     parser.set_defaults(func=run)
@@ -41,16 +45,19 @@ def run(args: argparse.Namespace) -> int:
     store: dict[str, list[torch.Tensor]] = {"cls_web": [], "cls_synthetic": []}
     if args.patch_tokens:
         store["patch_tokens"] = []
-    batches = batched_images(paths, image_size, args.batch_size, args.keep_aspect, skipped,
-                             model.vision.patch_size, args.workers)
+    batches = batched_images(
+        paths, image_size, args.batch_size, args.keep_aspect, skipped, model.vision.patch_size, args.workers
+    )
     first_shape: tuple[int, int] | None = None
     with torch.inference_mode(), tqdm(total=len(paths), desc="embed", unit="img") as bar:
         for batch_paths, pixels in batches:
             shape = tuple(pixels.shape[-2:])
             if args.patch_tokens and first_shape is not None and shape != first_shape:
                 # one [N, h, w, D] array needs one grid; checked now rather than after the whole run
-                fail(f"--patch-tokens needs one image shape for all images: drop --keep-aspect "
-                     f"({batch_paths[0]} is {shape}, earlier images {first_shape})")
+                fail(
+                    f"--patch-tokens needs one image shape for all images: drop --keep-aspect "
+                    f"({batch_paths[0]} is {shape}, earlier images {first_shape})"
+                )
             first_shape = first_shape or shape
             out = model.encode_image(pixels.to(device))
             web, synthetic = out.cls_web, out.cls_synthetic

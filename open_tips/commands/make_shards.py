@@ -10,11 +10,13 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "make-shards", help="write WebDataset shards (.jpg + .json) for training",
+        "make-shards",
+        help="write WebDataset shards (.jpg + .json) for training",
         description="--input: a folder with captions.jsonl (or the .jsonl file), a COCO captions_*.json "
-                    "(images from --image-dir, default the split's folder beside 'annotations'), a COCO root "
-                    "folder, or builtin:N for N procedural samples. Images from files are copied as they are "
-                    "(checked to decode; unreadable ones are skipped and counted).")
+        "(images from --image-dir, default the split's folder beside 'annotations'), a COCO root "
+        "folder, or builtin:N for N procedural samples. Images from files are copied as they are "
+        "(checked to decode; unreadable ones are skipped and counted).",
+    )
     parser.add_argument("--input", required=True)
     parser.add_argument("--output", required=True, help="output directory")
     parser.add_argument("--per-shard", type=int, default=1000, help="samples per shard")
@@ -22,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--prefix", default="shard", help="shard file name prefix: PREFIX-000000.tar, ...")
     parser.add_argument("--seed", type=int, default=0, help="seed of the built-in dataset")
     parser.add_argument("--image-size", type=int, default=112, help="image size of the built-in dataset")
-    parser.add_argument("--caption-noise", type=float, default=0.5, help="web caption noise of the built-in dataset")
+    parser.add_argument(
+        "--caption-noise", type=float, default=0.5, help="web caption noise of the built-in dataset"
+    )
     parser.set_defaults(func=run)
 
 
@@ -31,8 +35,10 @@ def _builtin_samples(args: argparse.Namespace, count: int) -> Iterator[dict]:
 
     for sample in generate_samples(args.seed, args.image_size, args.caption_noise, stop=count):
         # captions and the label summary only: ground-truth arrays are not JSON and are rebuilt from the seed
-        yield {k: sample[k] for k in ("__key__", "image", "web_caption", "synthetic_captions", "labels",
-                                      "main_label")}
+        yield {
+            k: sample[k]
+            for k in ("__key__", "image", "web_caption", "synthetic_captions", "labels", "main_label")
+        }
 
 
 def _file_samples(dataset, skipped) -> Iterator[dict]:
@@ -81,6 +87,6 @@ def run(args: argparse.Namespace) -> int:
         print("error: no sample could be written", file=sys.stderr)
         return 1
     print(f"wrote {len(written)} shards to {output}")
-    last = Path(written[-1]).name[len(args.prefix) + 1:][:6]
+    last = Path(written[-1]).name[len(args.prefix) + 1 :][:6]
     print(f"train with: data.source='{output}/{args.prefix}-{{000000..{last}}}.tar'")
     return 0

@@ -13,14 +13,20 @@ from open_tips.inference.options import add_model_args, input_images, load_model
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "pca", help="PCA picture of patch features next to each image",
+        "pca",
+        help="PCA picture of patch features next to each image",
         description="Per image: the first three principal components of its patch features, each min-max "
-                    "scaled to 0..255 as R, G, B, upsampled to the model input and saved right of the image "
-                    "as <name>_pca.png.")
+        "scaled to 0..255 as R, G, B, upsampled to the model input and saved right of the image "
+        "as <name>_pca.png.",
+    )
     parser.add_argument("inputs", nargs="+", help="image files and/or folders")
     parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--upsample", default="nearest", choices=["nearest", "bilinear"],
-                        help="nearest shows the patch grid; bilinear a smooth picture")
+    parser.add_argument(
+        "--upsample",
+        default="nearest",
+        choices=["nearest", "bilinear"],
+        help="nearest shows the patch grid; bilinear a smooth picture",
+    )
     add_model_args(parser, batch_size=8)
     parser.set_defaults(func=run)
 
@@ -35,8 +41,9 @@ def run(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     skipped: list[str] = []
     used: set[Path] = set()
-    batches = batched_images(paths, image_size, args.batch_size, args.keep_aspect, skipped,
-                             model.vision.patch_size, args.workers)
+    batches = batched_images(
+        paths, image_size, args.batch_size, args.keep_aspect, skipped, model.vision.patch_size, args.workers
+    )
     for batch_paths, pixels in batches:
         with torch.inference_mode():
             patches = model.encode_image(pixels.to(device)).patch_tokens.float().cpu()

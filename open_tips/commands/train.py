@@ -9,12 +9,16 @@ import logging
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "train", help="train a TIPS model (default: the tiny preset on the built-in dataset, on CPU)",
+        "train",
+        help="train a TIPS model (default: the tiny preset on the built-in dataset, on CPU)",
         description="Train a TIPS-style image-text encoder. Config = preset, then --config YAML, then "
-                    "KEY=VALUE overrides (e.g. optim.lr=5e-4 loss.mim=false). Launch with torchrun for "
-                    "several processes.")
+        "KEY=VALUE overrides (e.g. optim.lr=5e-4 loss.mim=false). Launch with torchrun for "
+        "several processes.",
+    )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
-    parser.add_argument("--preset", default=None, help="named preset (tiny, tiny-tipsv2, small, b14, b14-tipsv2)")
+    parser.add_argument(
+        "--preset", default=None, help="named preset (tiny, tiny-tipsv2, small, b14, b14-tipsv2)"
+    )
     parser.add_argument("--config", dest="config_file", default=None, help="YAML file with config values")
     parser.add_argument("--output-dir", default=None, help="run directory (train.output_dir)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
@@ -30,8 +34,12 @@ def run(args: argparse.Namespace) -> int:
     from open_tips.train.loop import train
 
     overrides = list(args.overrides)
-    for flag, key in ((args.output_dir, "train.output_dir"), (args.init_from, "model.init_from"),
-                      (args.steps, "train.steps"), (args.device, "train.device")):
+    for flag, key in (
+        (args.output_dir, "train.output_dir"),
+        (args.init_from, "model.init_from"),
+        (args.steps, "train.steps"),
+        (args.device, "train.device"),
+    ):
         if flag is not None:
             overrides.append(f"{key}={flag}")
     config = load_config(args.preset, args.config_file, overrides)

@@ -29,14 +29,30 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 SHAPE_CLASSES = ["circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon"]
 COLOURS = {
-    "red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40),
-    "purple": (140, 60, 190), "orange": (245, 140, 30), "white": (245, 245, 245), "black": (25, 25, 25),
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 210, 40),
+    "purple": (140, 60, 190),
+    "orange": (245, 140, 30),
+    "white": (245, 245, 245),
+    "black": (25, 25, 25),
 }
 COLOUR_NAMES = list(COLOURS)
-POSITIONS = [["in the top left", "at the top", "in the top right"], ["on the left", "in the centre", "on the right"],
-             ["in the bottom left", "at the bottom", "in the bottom right"]]
-FILLERS = ["IMG_{n}.jpg", "free download", "stock photo {n}", "wallpaper hd", "best price", "click here",
-           "my photos {n}"]
+POSITIONS = [
+    ["in the top left", "at the top", "in the top right"],
+    ["on the left", "in the centre", "on the right"],
+    ["in the bottom left", "at the bottom", "in the bottom right"],
+]
+FILLERS = [
+    "IMG_{n}.jpg",
+    "free download",
+    "stock photo {n}",
+    "wallpaper hd",
+    "best price",
+    "click here",
+    "my photos {n}",
+]
 BACKGROUND_DEPTH = (8.0, 10.0)  # metres, near the bottom edge to the top edge
 SHAPE_DEPTH = (1.0, 7.0)  # metres; always nearer than the background
 MIN_VISIBLE = 0.002  # fraction of the image an object must show to be described in the captions
@@ -44,8 +60,13 @@ MIN_VISIBLE = 0.002  # fraction of the image an object must show to be described
 
 def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
     def ring(n: int, radius: float, offset: float = 0.0) -> list[tuple[float, float]]:
-        return [(cx + radius * math.cos(angle + offset + 2 * math.pi * i / n),
-                 cy + radius * math.sin(angle + offset + 2 * math.pi * i / n)) for i in range(n)]
+        return [
+            (
+                cx + radius * math.cos(angle + offset + 2 * math.pi * i / n),
+                cy + radius * math.sin(angle + offset + 2 * math.pi * i / n),
+            )
+            for i in range(n)
+        ]
 
     if kind == "square":
         return ring(4, r, math.pi / 4)
@@ -60,14 +81,32 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
         return [p for pair in zip(outer, inner) for p in pair]
     if kind == "cross":
         w = 0.33 * r
-        return [(cx - w, cy - r), (cx + w, cy - r), (cx + w, cy - w), (cx + r, cy - w), (cx + r, cy + w),
-                (cx + w, cy + w), (cx + w, cy + r), (cx - w, cy + r), (cx - w, cy + w), (cx - r, cy + w),
-                (cx - r, cy - w), (cx - w, cy - w)]
+        return [
+            (cx - w, cy - r),
+            (cx + w, cy - r),
+            (cx + w, cy - w),
+            (cx + r, cy - w),
+            (cx + r, cy + w),
+            (cx + w, cy + w),
+            (cx + w, cy + r),
+            (cx - w, cy + r),
+            (cx - w, cy + w),
+            (cx - r, cy + w),
+            (cx - r, cy - w),
+            (cx - w, cy - w),
+        ]
     raise ValueError(kind)
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, cx: float, cy: float, r: float, angle: float,
-                fill: int | tuple[int, int, int]) -> None:
+def _draw_shape(
+    draw: ImageDraw.ImageDraw,
+    kind: str,
+    cx: float,
+    cy: float,
+    r: float,
+    angle: float,
+    fill: int | tuple[int, int, int],
+) -> None:
     # No anti-aliasing: the drawn pixel set depends only on the geometry, not on the fill or the image mode,
     # so the image and the id map (-> segmentation, depth) agree pixel for pixel.
     if kind == "circle":
@@ -98,7 +137,9 @@ class _Grids:
     def __init__(self, size: int) -> None:
         self.rows = (np.arange(size, dtype=np.float32) / size)[:, None]  # [H, 1] in [0, 1)
         far, near = BACKGROUND_DEPTH[1], BACKGROUND_DEPTH[0]
-        self.background_depth = np.broadcast_to(far - (far - near) * self.rows, (size, size)).astype(np.float32)
+        self.background_depth = np.broadcast_to(far - (far - near) * self.rows, (size, size)).astype(
+            np.float32
+        )
         # Normals in the convention of open_tips.eval.normals.normals_from_depth (orthographic, +z toward the
         # viewer, slopes in metres per image width / 10): the background plane tilts by its depth gradient.
         slope = (far - near) / 10.0
@@ -108,8 +149,14 @@ class _Grids:
 _GRID_CACHE: dict[int, _Grids] = {}
 
 
-def make_sample(index: int, seed: int = 0, image_size: int = 112, caption_noise: float = 0.5,
-                max_objects: int = 4, with_normals: bool = False) -> dict:
+def make_sample(
+    index: int,
+    seed: int = 0,
+    image_size: int = 112,
+    caption_noise: float = 0.5,
+    max_objects: int = 4,
+    with_normals: bool = False,
+) -> dict:
     """Sample ``index`` of the procedural dataset with ``seed`` (see the module docstring for the fields)."""
     rng = np.random.default_rng([seed, index, 7])
     size = image_size
@@ -144,8 +191,15 @@ def make_sample(index: int, seed: int = 0, image_size: int = 112, caption_noise:
             footprint = Image.new("1", (size, size), 0)
             _draw_shape(ImageDraw.Draw(footprint), kind, cx, cy, radius, angle, 1)
             footprints.append(np.asarray(footprint))
-        objects.append({"class": kind, "colour": colour, "centre": (cx / size, cy / size),
-                        "depth": float(depths[i]), "order": i})
+        objects.append(
+            {
+                "class": kind,
+                "colour": colour,
+                "centre": (cx / size, cy / size),
+                "depth": float(depths[i]),
+                "order": i,
+            }
+        )
     ids = np.asarray(id_image)
 
     class_of = np.array([0] + [SHAPE_CLASSES.index(o["class"]) + 1 for o in objects], np.uint8)
@@ -181,8 +235,13 @@ def make_sample(index: int, seed: int = 0, image_size: int = 112, caption_noise:
         "depth": depth,
         "labels": [int(c) for c in np.flatnonzero(np.bincount(segmentation.ravel(), minlength=2)[1:]) + 1],
         "main_label": SHAPE_CLASSES.index(main["class"]) + 1,
-        "objects": [{**{k: v for k, v in o.items() if k != "in_front_of"},
-                     "in_front_of": [b["order"] for b in o["in_front_of"]]} for o in visible],
+        "objects": [
+            {
+                **{k: v for k, v in o.items() if k != "in_front_of"},
+                "in_front_of": [b["order"] for b in o["in_front_of"]],
+            }
+            for o in visible
+        ],
     }
     if with_normals:
         normals = np.empty((size, size, 3), np.float32)
@@ -196,8 +255,12 @@ def _web_caption(main: dict, rng: np.random.Generator, noise: float) -> str:
     colour = main["colour"]
     if rng.random() < 0.3 * noise:  # a wrong (random) colour
         colour = COLOUR_NAMES[int(rng.integers(len(COLOUR_NAMES)))]
-    options = [f"{colour} {main['class']}", f"{_article(main['class'])} {main['class']}", f"{main['class']} picture",
-               f"the {colour} {main['class']}"]
+    options = [
+        f"{colour} {main['class']}",
+        f"{_article(main['class'])} {main['class']}",
+        f"{main['class']} picture",
+        f"the {colour} {main['class']}",
+    ]
     caption = options[int(rng.integers(len(options)))]
     if rng.random() < 0.5 * noise:
         filler = FILLERS[int(rng.integers(len(FILLERS)))].format(n=int(rng.integers(1000, 9999)))
@@ -208,7 +271,10 @@ def _web_caption(main: dict, rng: np.random.Generator, noise: float) -> str:
 
 
 def _short_caption(visible: list[dict]) -> str:
-    parts = [f"{_article(o['colour'])} {o['colour']} {o['class']}" for o in sorted(visible, key=lambda o: -o["visible"])]
+    parts = [
+        f"{_article(o['colour'])} {o['colour']} {o['class']}"
+        for o in sorted(visible, key=lambda o: -o["visible"])
+    ]
     return _join(parts) + "."
 
 
@@ -225,7 +291,9 @@ def _detailed_caption(visible: list[dict]) -> str:
         sentences.append(text)
     if len(visible) >= 2:
         left, right = sorted(visible[:2], key=lambda o: o["centre"][0])
-        sentences.append(f"the {left['colour']} {left['class']} is left of the {right['colour']} {right['class']}")
+        sentences.append(
+            f"the {left['colour']} {left['class']} is left of the {right['colour']} {right['class']}"
+        )
     return ". ".join(s[0].upper() + s[1:] for s in sentences) + "."
 
 
@@ -244,8 +312,15 @@ class BuiltinShapes(Dataset):
     ``caption_noise`` in [0, 1] scales how often the web caption has a wrong colour, filler text, or nothing
     about the content (0 = clean terse captions; 0.5 = default, moderate)."""
 
-    def __init__(self, num_samples: int = 2048, image_size: int = 112, seed: int = 0,
-                 caption_noise: float = 0.5, max_objects: int = 4, with_normals: bool = False) -> None:
+    def __init__(
+        self,
+        num_samples: int = 2048,
+        image_size: int = 112,
+        seed: int = 0,
+        caption_noise: float = 0.5,
+        max_objects: int = 4,
+        with_normals: bool = False,
+    ) -> None:
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         _check(image_size, caption_noise, max_objects)
@@ -265,13 +340,21 @@ class BuiltinShapes(Dataset):
             index += self.num_samples
         if not 0 <= index < self.num_samples:
             raise IndexError(index)
-        return make_sample(index, self.seed, self.image_size, self.caption_noise, self.max_objects,
-                           self.with_normals)
+        return make_sample(
+            index, self.seed, self.image_size, self.caption_noise, self.max_objects, self.with_normals
+        )
 
 
-def generate_samples(seed: int = 0, image_size: int = 112, caption_noise: float = 0.5, start: int = 0,
-                     stop: int | None = None, step: int = 1, max_objects: int = 4,
-                     with_normals: bool = False) -> Iterator[dict]:
+def generate_samples(
+    seed: int = 0,
+    image_size: int = 112,
+    caption_noise: float = 0.5,
+    start: int = 0,
+    stop: int | None = None,
+    step: int = 1,
+    max_objects: int = 4,
+    with_normals: bool = False,
+) -> Iterator[dict]:
     """Samples ``start, start + step, ...`` (up to ``stop``, or endlessly when None) of the dataset with
     ``seed``: the same samples as ``BuiltinShapes(..., seed=seed)[i]``."""
     _check(image_size, caption_noise, max_objects)
@@ -285,9 +368,18 @@ class BuiltinShapesStream(IterableDataset):
     """The procedural dataset as a stream (``num_samples=None``: endless), split by rank and DataLoader worker:
     global index ``i`` goes to the reader ``i % (world_size * workers)``, so no index is produced twice."""
 
-    def __init__(self, num_samples: int | None = None, image_size: int = 112, seed: int = 0,
-                 caption_noise: float = 0.5, rank: int = 0, world_size: int = 1, start: int = 0,
-                 max_objects: int = 4, with_normals: bool = False) -> None:
+    def __init__(
+        self,
+        num_samples: int | None = None,
+        image_size: int = 112,
+        seed: int = 0,
+        caption_noise: float = 0.5,
+        rank: int = 0,
+        world_size: int = 1,
+        start: int = 0,
+        max_objects: int = 4,
+        with_normals: bool = False,
+    ) -> None:
         super().__init__()
         _check(image_size, caption_noise, max_objects)
         if not 0 <= rank < world_size:
@@ -302,9 +394,24 @@ class BuiltinShapesStream(IterableDataset):
         readers = self.world_size * workers
         first = self.start + self.rank * workers + worker
         stop = None if self.num_samples is None else self.start + self.num_samples
-        return generate_samples(self.seed, self.image_size, self.caption_noise, first, stop, readers,
-                                self.max_objects, self.with_normals)
+        return generate_samples(
+            self.seed,
+            self.image_size,
+            self.caption_noise,
+            first,
+            stop,
+            readers,
+            self.max_objects,
+            self.with_normals,
+        )
 
 
-__all__ = ["COLOURS", "COLOUR_NAMES", "SHAPE_CLASSES", "BuiltinShapes", "BuiltinShapesStream", "generate_samples",
-           "make_sample"]
+__all__ = [
+    "COLOURS",
+    "COLOUR_NAMES",
+    "SHAPE_CLASSES",
+    "BuiltinShapes",
+    "BuiltinShapesStream",
+    "generate_samples",
+    "make_sample",
+]

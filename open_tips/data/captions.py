@@ -30,8 +30,11 @@ def normalise_synthetic(raw: object) -> list[dict]:
         if isinstance(item, str):
             entry = {"text": item, "template": "default", "model": "unknown"}
         elif isinstance(item, dict) and isinstance(item.get("text"), str):
-            entry = {"text": item["text"], "template": str(item.get("template") or "default"),
-                     "model": str(item.get("model") or "unknown")}
+            entry = {
+                "text": item["text"],
+                "template": str(item.get("template") or "default"),
+                "model": str(item.get("model") or "unknown"),
+            }
         else:
             continue
         entry["text"] = entry["text"].strip()
@@ -62,7 +65,9 @@ class CaptionPolicy:
         self.template_weights = template_weights or None
         self.fallbacks: Counter[str] = Counter()
 
-    def choose_with_template(self, sample: Mapping, generator: torch.Generator | None = None) -> tuple[str, str]:
+    def choose_with_template(
+        self, sample: Mapping, generator: torch.Generator | None = None
+    ) -> tuple[str, str]:
         """(caption text, its template); the template is ``FALLBACK`` when the web caption stands in."""
         captions = normalise_synthetic(sample.get("synthetic_captions"))
         if not captions:

@@ -34,8 +34,14 @@ class TIPSBatchBuilder:
     choice a function of its seed alone, so a sample is augmented identically whatever the batch split across
     ranks; without them torch's global generator is used (DataLoader seeds it per worker)."""
 
-    def __init__(self, tokenizer: TokenizerFn, crops: MultiCropTransform, mask_generator: MaskGenerator,
-                 caption_policy: CaptionPolicy | None = None, patch_size: int = 14) -> None:
+    def __init__(
+        self,
+        tokenizer: TokenizerFn,
+        crops: MultiCropTransform,
+        mask_generator: MaskGenerator,
+        caption_policy: CaptionPolicy | None = None,
+        patch_size: int = 14,
+    ) -> None:
         self.tokenizer = tokenizer
         self.crops = crops
         self.mask_generator = mask_generator
@@ -46,7 +52,9 @@ class TIPSBatchBuilder:
         global_crop, local_crops = self.crops(sample["image"])
         height, width = global_crop.shape[-2:]
         if height % self.patch_size or width % self.patch_size:
-            raise ValueError(f"global crop {height}x{width} is not a multiple of the patch size {self.patch_size}")
+            raise ValueError(
+                f"global crop {height}x{width} is not a multiple of the patch size {self.patch_size}"
+            )
         mask = self.mask_generator((height // self.patch_size, width // self.patch_size))
         text, template = self.caption_policy.choose_with_template(sample)
         return global_crop, local_crops, mask, text, template
@@ -67,8 +75,11 @@ class TIPSBatchBuilder:
         batch_size = len(samples)
         num_local = len(parts[0][1])
         # Crop-major: all samples' local crop 0, then crop 1, ... (so local_crops.chunk(M) gives one crop each).
-        local_crops = (torch.stack([parts[b][1][m] for m in range(num_local) for b in range(batch_size)])
-                       if num_local else None)
+        local_crops = (
+            torch.stack([parts[b][1][m] for m in range(num_local) for b in range(batch_size)])
+            if num_local
+            else None
+        )
         web_ids, web_padding = self.tokenizer([s["web_caption"] for s in samples])
         synthetic_ids, synthetic_padding = self.tokenizer([p[3] for p in parts])
         skip_counts: dict[str, dict[str, int]] = {}
@@ -79,8 +90,10 @@ class TIPSBatchBuilder:
             "global_crops": torch.stack([p[0] for p in parts]),
             "local_crops": local_crops,
             "masks": torch.stack([p[2] for p in parts]),
-            "web_ids": web_ids, "web_padding": web_padding,
-            "synthetic_ids": synthetic_ids, "synthetic_padding": synthetic_padding,
+            "web_ids": web_ids,
+            "web_padding": web_padding,
+            "synthetic_ids": synthetic_ids,
+            "synthetic_padding": synthetic_padding,
             "keys": [str(s.get("__key__", "")) for s in samples],
             "synthetic_templates": templates,
             "caption_fallbacks": templates.count(CaptionPolicy.FALLBACK),

@@ -61,7 +61,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # RGB, L, 1, P, CMYK, YCbCr, ...
 
 
-def decode_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE) -> Image.Image:
+def decode_image(
+    data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE
+) -> Image.Image:
     """Encoded bytes -> RGB PIL image, or SkipSample.
 
     Any mode (CMYK, I;16, P, RGBA, LA, L, 1, ...) is converted to RGB; the EXIF orientation is applied. The size
@@ -110,7 +112,11 @@ def parse_metadata(data: bytes | str | dict, fallback_caption: bytes | str | Non
         raise SkipSample("malformed_json", f"top level is {type(meta).__name__}, not an object")
     web = meta.get("web_caption")
     if (not isinstance(web, str) or not web.strip()) and fallback_caption is not None:
-        web = fallback_caption.decode("utf-8", "replace") if isinstance(fallback_caption, bytes) else fallback_caption
+        web = (
+            fallback_caption.decode("utf-8", "replace")
+            if isinstance(fallback_caption, bytes)
+            else fallback_caption
+        )
     if not isinstance(web, str) or not web.strip():
         raise SkipSample("missing_caption", "web_caption missing or empty")
     meta["web_caption"] = web.strip()
@@ -124,10 +130,18 @@ class SkipCounter(Counter):
 
     def add(self, reason: str, key: str, detail: str = "") -> None:
         if self[reason] == 0:
-            log.warning("skipping sample %s: %s %s (further %r skips are only counted)", key, reason, detail,
-                        reason)
+            log.warning(
+                "skipping sample %s: %s %s (further %r skips are only counted)", key, reason, detail, reason
+            )
         self[reason] += 1
 
 
-__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "MIN_SIDE", "SkipCounter", "SkipSample", "decode_image",
-           "parse_metadata"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "MIN_SIDE",
+    "SkipCounter",
+    "SkipSample",
+    "decode_image",
+    "parse_metadata",
+]

@@ -29,8 +29,9 @@ from open_tips.data.decode import DEFAULT_MAX_PIXELS, SkipCounter, SkipSample, d
 CAPTIONS_FILE = "captions.jsonl"
 
 
-def coco_caption_records(annotation_file: str | Path, image_dir: str | Path | None = None,
-                         skipped: SkipCounter | None = None) -> list[dict]:
+def coco_caption_records(
+    annotation_file: str | Path, image_dir: str | Path | None = None, skipped: SkipCounter | None = None
+) -> list[dict]:
     """COCO ``captions_*.json`` -> records ``{"__key__", "image": path, "web_caption", "synthetic_captions"}``
     (first caption = web caption, the others template ``coco``); images without a caption are counted as
     ``missing_caption`` in ``skipped``."""
@@ -56,20 +57,27 @@ def coco_caption_records(annotation_file: str | Path, image_dir: str | Path | No
             if skipped is not None:
                 skipped.add("missing_caption", str(image.get("file_name", image.get("id"))))
             continue
-        records.append({
-            "__key__": Path(image["file_name"]).stem,
-            "image": str(Path(image_dir) / image["file_name"]),
-            "web_caption": texts[0],
-            "synthetic_captions": [{"text": t, "template": "coco", "model": "human"} for t in texts[1:]],
-        })
+        records.append(
+            {
+                "__key__": Path(image["file_name"]).stem,
+                "image": str(Path(image_dir) / image["file_name"]),
+                "web_caption": texts[0],
+                "synthetic_captions": [{"text": t, "template": "coco", "model": "human"} for t in texts[1:]],
+            }
+        )
     return records
 
 
 class FolderDataset(Dataset):
     """Image-caption samples from a folder (see the module docstring for the accepted layouts)."""
 
-    def __init__(self, source: str | Path, captions_file: str = CAPTIONS_FILE, image_dir: str | Path | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(
+        self,
+        source: str | Path,
+        captions_file: str = CAPTIONS_FILE,
+        image_dir: str | Path | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ) -> None:
         source = Path(source)
         self.source = source
         self.max_pixels = max_pixels
@@ -91,8 +99,9 @@ class FolderDataset(Dataset):
             for annotation_file in sorted((source / "annotations").glob("captions_*.json")):
                 self.records.extend(coco_caption_records(annotation_file, None, self.index_skipped))
         else:
-            raise FileNotFoundError(f"{source}: neither a {captions_file} nor annotations/captions_*.json "
-                                    "(COCO) found")
+            raise FileNotFoundError(
+                f"{source}: neither a {captions_file} nor annotations/captions_*.json (COCO) found"
+            )
         if not self.records:
             raise ValueError(f"{source}: no usable samples (skipped: {dict(self.index_skipped)})")
 
@@ -159,8 +168,10 @@ class FolderDataset(Dataset):
             except SkipSample as skip:
                 self.skipped.add(skip.reason, self.records[current]["image"], str(skip))
                 continue
-            sample["__skip_counts__"] = {f"folder-index:{self.source}": dict(self.index_skipped),
-                                         f"folder:{os.getpid()}": dict(self.skipped)}
+            sample["__skip_counts__"] = {
+                f"folder-index:{self.source}": dict(self.index_skipped),
+                f"folder:{os.getpid()}": dict(self.skipped),
+            }
             return sample
         raise RuntimeError(f"{self.source}: no loadable image at all (skipped: {self.all_skipped})")
 
@@ -168,8 +179,12 @@ class FolderDataset(Dataset):
 class CocoCaptionsDataset(FolderDataset):
     """A COCO captions file with its image folder (kept for existing callers; ``FolderDataset`` accepts both)."""
 
-    def __init__(self, annotation_file: str | Path, image_dir: str | Path | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(
+        self,
+        annotation_file: str | Path,
+        image_dir: str | Path | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ) -> None:
         super().__init__(annotation_file, image_dir=image_dir, max_pixels=max_pixels)
 
 

@@ -35,19 +35,25 @@ def _count(ratio: float, total: int) -> int:
     return int(round(ratio * total))
 
 
-def random_mask(num_patches_hw: int | Sequence[int], ratio: float,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+def random_mask(
+    num_patches_hw: int | Sequence[int], ratio: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Exactly round(ratio * h * w) patches masked, chosen uniformly; bool [h * w]. An int means a square grid."""
     grid_h, grid_w = _grid(num_patches_hw)
     total = grid_h * grid_w
     mask = torch.zeros(total, dtype=torch.bool)
-    mask[torch.randperm(total, generator=generator)[:_count(ratio, total)]] = True
+    mask[torch.randperm(total, generator=generator)[: _count(ratio, total)]] = True
     return mask
 
 
-def block_mask(num_patches_hw: int | Sequence[int], ratio: float, generator: torch.Generator | None = None,
-               min_block_patches: int = 4, max_block_patches: int | None = None,
-               aspect: tuple[float, float] = (0.3, 1 / 0.3)) -> torch.Tensor:
+def block_mask(
+    num_patches_hw: int | Sequence[int],
+    ratio: float,
+    generator: torch.Generator | None = None,
+    min_block_patches: int = 4,
+    max_block_patches: int | None = None,
+    aspect: tuple[float, float] = (0.3, 1 / 0.3),
+) -> torch.Tensor:
     """BEiT-style block mask with exactly round(ratio * h * w) patches masked; bool [h * w].
 
     Rectangles of area uniform in [min_block_patches, max_block_patches] (default: the target count) and aspect
@@ -73,7 +79,7 @@ def block_mask(num_patches_hw: int | Sequence[int], ratio: float, generator: tor
             if not (1 <= height <= grid_h and 1 <= width <= grid_w):
                 continue
             top, left = rng.randint(0, grid_h - height), rng.randint(0, grid_w - width)
-            block = mask[top: top + height, left: left + width]
+            block = mask[top : top + height, left : left + width]
             new = height * width - int(block.sum())
             if 0 < new <= remaining:
                 block.fill_(True)
@@ -97,13 +103,23 @@ class MaskGenerator:
     image draws its own ratio uniformly (iBOT). probability: the chance that an image is masked at all (the
     others get an empty mask), e.g. 0.5 as in iBOT. Default: every image at exactly 0.75 (TIPS)."""
 
-    def __init__(self, kind: str = "random", ratio: float | Sequence[float] = 0.75, probability: float = 1.0,
-                 min_block_patches: int = 4, aspect: tuple[float, float] = (0.3, 1 / 0.3)) -> None:
+    def __init__(
+        self,
+        kind: str = "random",
+        ratio: float | Sequence[float] = 0.75,
+        probability: float = 1.0,
+        min_block_patches: int = 4,
+        aspect: tuple[float, float] = (0.3, 1 / 0.3),
+    ) -> None:
         if kind not in ("random", "block"):
             raise ValueError(f"mask kind must be 'random' or 'block', got {kind!r}")
-        low, high = (float(ratio), float(ratio)) if isinstance(ratio, (int, float)) else (float(r) for r in ratio)
+        low, high = (
+            (float(ratio), float(ratio)) if isinstance(ratio, (int, float)) else (float(r) for r in ratio)
+        )
         if not 0.0 <= low <= high < 1.0:
-            raise ValueError(f"mask ratio must be a fraction or a (low, high) range within [0, 1), got {ratio}")
+            raise ValueError(
+                f"mask ratio must be a fraction or a (low, high) range within [0, 1), got {ratio}"
+            )
         if not 0.0 <= probability <= 1.0:
             raise ValueError(f"mask probability must lie in [0, 1], got {probability}")
         self.kind = kind
@@ -117,7 +133,9 @@ class MaskGenerator:
         """The mean ratio of a masked image."""
         return sum(self.ratio_range) / 2
 
-    def __call__(self, num_patches_hw: int | Sequence[int], generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(
+        self, num_patches_hw: int | Sequence[int], generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         grid_h, grid_w = _grid(num_patches_hw)
         if self.probability < 1.0 and float(torch.rand(1, generator=generator)) >= self.probability:
             return torch.zeros(grid_h * grid_w, dtype=torch.bool)

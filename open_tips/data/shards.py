@@ -89,8 +89,13 @@ def _encode(image: Image.Image | np.ndarray, image_format: str, quality: int) ->
     return buffer.getvalue()
 
 
-def write_shards(samples: Iterable[dict], output_pattern: str, max_per_shard: int = 1000,
-                 image_format: str = "jpg", quality: int = 95) -> list[str]:
+def write_shards(
+    samples: Iterable[dict],
+    output_pattern: str,
+    max_per_shard: int = 1000,
+    image_format: str = "jpg",
+    quality: int = 95,
+) -> list[str]:
     """Writes samples to ``output_pattern`` (a %-pattern such as ``dir/shard-%06d.tar``); returns the paths.
 
     A sample has ``image`` (PIL image, uint8 array, or already-encoded bytes with ``image_ext``), ``web_caption``,
@@ -128,8 +133,11 @@ def write_shards(samples: Iterable[dict], output_pattern: str, max_per_shard: in
                 data, ext = bytes(image), str(sample.get("image_ext", image_format)).lower().lstrip(".")
             else:
                 data, ext = _encode(image, image_format, quality), image_format
-            meta = {k: v for k, v in sample.items()
-                    if k not in ("image", "image_ext") and not k.startswith("__") and _jsonable(v)}
+            meta = {
+                k: v
+                for k, v in sample.items()
+                if k not in ("image", "image_ext") and not k.startswith("__") and _jsonable(v)
+            }
             key = _safe_key(sample.get("__key__") or f"{total:09d}", used)
             writer.write({"__key__": key, ext: data, "json": json.dumps(meta).encode()})
             in_shard, total = in_shard + 1, total + 1
@@ -225,9 +233,17 @@ class ShardDataset(IterableDataset):
     than shards, or epoch-free training). ``shuffle_buffer`` > 1 shuffles samples within a buffer of that size.
     Call ``set_epoch(epoch)`` before each pass. ``max_pixels``: decompression-bomb limit (None = none)."""
 
-    def __init__(self, urls: str | Iterable[str], rank: int | None = None, world_size: int | None = None,
-                 shuffle_buffer: int = 0, seed: int = 0, resample: bool = False,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS, shuffle_shards: bool = True) -> None:
+    def __init__(
+        self,
+        urls: str | Iterable[str],
+        rank: int | None = None,
+        world_size: int | None = None,
+        shuffle_buffer: int = 0,
+        seed: int = 0,
+        resample: bool = False,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        shuffle_shards: bool = True,
+    ) -> None:
         super().__init__()
         self.urls = expand_urls(urls)
         default_rank, default_world = _default_rank_world()
@@ -236,8 +252,11 @@ class ShardDataset(IterableDataset):
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} outside world size {self.world_size}")
         if self.world_size > len(self.urls) and not resample:
-            log.warning("%d shards for %d ranks: some ranks get none (use resample=True or more shards)",
-                        len(self.urls), self.world_size)
+            log.warning(
+                "%d shards for %d ranks: some ranks get none (use resample=True or more shards)",
+                len(self.urls),
+                self.world_size,
+            )
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.resample = resample
@@ -262,8 +281,13 @@ class ShardDataset(IterableDataset):
                 yield rng.choice(self.urls)
         mine = self.shards_for(worker, num_workers)
         if not mine:
-            log.warning("rank %d worker %d of %d: no shards to read (%d shards in all)", self.rank, worker,
-                        num_workers, len(self.urls))
+            log.warning(
+                "rank %d worker %d of %d: no shards to read (%d shards in all)",
+                self.rank,
+                worker,
+                num_workers,
+                len(self.urls),
+            )
         yield from mine
 
     def decode(self, raw: dict) -> dict:

@@ -36,7 +36,9 @@ class Tokenizer:
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return [self.processor.EncodeAsIds(text.lower()) for text in texts]
 
-    def __call__(self, texts: str | Sequence[str], max_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, texts: str | Sequence[str], max_len: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (ids LongTensor [B, L], padding_mask BoolTensor [B, L], True = padding)."""
         if isinstance(texts, str):
             texts = [texts]
@@ -52,8 +54,9 @@ class Tokenizer:
         return self.processor.DecodeIds([i for i in values if i != PAD_ID])
 
     @staticmethod
-    def train(texts: Iterable[str], model_prefix: str | os.PathLike, vocab_size: int = 512,
-              max_len: int = 64) -> Tokenizer:
+    def train(
+        texts: Iterable[str], model_prefix: str | os.PathLike, vocab_size: int = 512, max_len: int = 64
+    ) -> Tokenizer:
         """Trains a small SentencePiece model (pad=0, no BOS/EOS) on lower-cased texts; for tests and
         for from-scratch training on a new corpus."""
         prefix = Path(model_prefix)
@@ -62,7 +65,10 @@ class Tokenizer:
             sentence_iterator=iter([t.lower() for t in texts]),
             model_prefix=str(prefix),
             vocab_size=vocab_size,
-            pad_id=PAD_ID, unk_id=1, bos_id=-1, eos_id=-1,
+            pad_id=PAD_ID,
+            unk_id=1,
+            bos_id=-1,
+            eos_id=-1,
             model_type="unigram",
             hard_vocab_limit=False,
             character_coverage=1.0,

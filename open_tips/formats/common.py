@@ -58,7 +58,9 @@ def _count_indexed(state: dict[str, torch.Tensor], pattern: str) -> int:
     return len(indices)
 
 
-def infer_vision_config(state: dict[str, torch.Tensor], source: str, heads: int | None = None) -> VisionConfig:
+def infer_vision_config(
+    state: dict[str, torch.Tensor], source: str, heads: int | None = None
+) -> VisionConfig:
     """Architecture from the official vision keys: width, depth, MLP kind and size, position grid."""
     width = int(_require(state, "cls_token", source).shape[-1])
     patch = int(_require(state, "patch_embed.proj.weight", source).shape[-1])
@@ -72,17 +74,35 @@ def infer_vision_config(state: dict[str, torch.Tensor], source: str, heads: int 
         mlp_hidden = int(state["blocks.0.mlp.w12.weight"].shape[0]) // 2
     else:
         mlp_hidden = int(_require(state, "blocks.0.mlp.fc1.weight", source).shape[0]) if depth else 4 * width
-    return VisionConfig(width=width, depth=depth, heads=heads or heads_for_width(width), mlp_hidden=mlp_hidden,
-                        swiglu=swiglu, patch_size=patch, pos_grid=grid)
+    return VisionConfig(
+        width=width,
+        depth=depth,
+        heads=heads or heads_for_width(width),
+        mlp_hidden=mlp_hidden,
+        swiglu=swiglu,
+        patch_size=patch,
+        pos_grid=grid,
+    )
 
 
-def infer_text_config(state: dict[str, torch.Tensor], source: str, heads: int | None = None,
-                      max_len: int = 64) -> TextConfig:
+def infer_text_config(
+    state: dict[str, torch.Tensor], source: str, heads: int | None = None, max_len: int = 64
+) -> TextConfig:
     vocab, width = _require(state, "token_embedding.weight", source).shape
     depth = _count_indexed(state, r"transformer\.resblocks\.(\d+)\.ln_1\.weight$")
-    mlp_hidden = int(_require(state, "transformer.resblocks.0.mlp.c_fc.weight", source).shape[0]) if depth else 4 * width
-    return TextConfig(width=int(width), depth=depth, heads=heads or heads_for_width(int(width)),
-                      mlp_hidden=mlp_hidden, vocab_size=int(vocab), max_len=max_len)
+    mlp_hidden = (
+        int(_require(state, "transformer.resblocks.0.mlp.c_fc.weight", source).shape[0])
+        if depth
+        else 4 * width
+    )
+    return TextConfig(
+        width=int(width),
+        depth=depth,
+        heads=heads or heads_for_width(int(width)),
+        mlp_hidden=mlp_hidden,
+        vocab_size=int(vocab),
+        max_len=max_len,
+    )
 
 
 def split_temperature(state: dict[str, torch.Tensor]) -> float | None:

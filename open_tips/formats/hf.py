@@ -128,7 +128,9 @@ def _mlp_ratio(width: int, hidden: int, swiglu: bool) -> float:
     """The ``mlp_ratio`` for which transformers rebuilds exactly ``hidden`` features."""
     if swiglu:
         if hidden % 8:
-            raise ValueError(f"SwiGLU hidden size {hidden} is not a multiple of 8; transformers cannot express it")
+            raise ValueError(
+                f"SwiGLU hidden size {hidden} is not a multiple of 8; transformers cannot express it"
+            )
         ratio = (1.5 * hidden + 0.5) / width
         if (int(int(width * ratio) * 2 / 3) + 7) // 8 * 8 != hidden:
             raise ValueError(f"no mlp_ratio reproduces SwiGLU hidden size {hidden}")
@@ -187,8 +189,16 @@ def save_hf_dir(model, directory: str | os.PathLike) -> None:
     directory is assembled aside and moved into place so a crash leaves no half-written model."""
     directory = Path(directory)
     config = hf_config_dict(model)
-    state = {f"vision_encoder.{k}": v.detach().float().cpu().contiguous() for k, v in model.vision.state_dict().items()}
-    state.update({f"text_encoder.{k}": v.detach().float().cpu().contiguous() for k, v in model.text.state_dict().items()})
+    state = {
+        f"vision_encoder.{k}": v.detach().float().cpu().contiguous()
+        for k, v in model.vision.state_dict().items()
+    }
+    state.update(
+        {
+            f"text_encoder.{k}": v.detach().float().cpu().contiguous()
+            for k, v in model.text.state_dict().items()
+        }
+    )
     state["temperature"] = model.temperature.detach().float().cpu().reshape(())
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))

@@ -29,21 +29,36 @@ def _find_tokenizer(*candidates: Path) -> Path | None:
     return None
 
 
-def _build(vision_state: dict, text_state: dict | None, temperature: float | None, source: str,
-           config: str | TIPSConfig | None, heads: tuple[int | None, int | None] = (None, None),
-           image_size: int | None = None, max_len: int = 64) -> TIPSModel:
+def _build(
+    vision_state: dict,
+    text_state: dict | None,
+    temperature: float | None,
+    source: str,
+    config: str | TIPSConfig | None,
+    heads: tuple[int | None, int | None] = (None, None),
+    image_size: int | None = None,
+    max_len: int = 64,
+) -> TIPSModel:
     if config is not None:
         cfg = get_config(config) if isinstance(config, str) else TIPSConfig.from_dict(config.to_dict())
         if text_state is None:
             cfg.text = None
     else:
         vision_cfg = infer_vision_config(vision_state, source, heads[0])
-        text_cfg = infer_text_config(text_state, source, heads[1], max_len) if text_state is not None else None
+        text_cfg = (
+            infer_text_config(text_state, source, heads[1], max_len) if text_state is not None else None
+        )
         if text_cfg is not None and text_cfg.width != vision_cfg.width:
-            raise CheckpointError(f"{source}: text width {text_cfg.width} differs from vision width {vision_cfg.width}")
+            raise CheckpointError(
+                f"{source}: text width {text_cfg.width} differs from vision width {vision_cfg.width}"
+            )
         grid_px = vision_cfg.pos_grid * vision_cfg.patch_size
-        cfg = TIPSConfig(vision=vision_cfg, text=text_cfg, image_size=image_size or max(grid_px, 224),
-                         name=Path(source).name)
+        cfg = TIPSConfig(
+            vision=vision_cfg,
+            text=text_cfg,
+            image_size=image_size or max(grid_px, 224),
+            name=Path(source).name,
+        )
     if temperature is not None:
         if not temperature > 0:
             raise CheckpointError(f"{source}: temperature must be positive, got {temperature}")
@@ -81,12 +96,22 @@ def load_pretrained(
         vision_state, text_state, temperature = to_official(flat)
         if temperature is None:
             temperature = hf_config.get("temperature_init_value")
-        heads = (hf_config.get("vision_config", {}).get("num_attention_heads"),
-                 hf_config.get("text_config", {}).get("num_attention_heads"))
+        heads = (
+            hf_config.get("vision_config", {}).get("num_attention_heads"),
+            hf_config.get("text_config", {}).get("num_attention_heads"),
+        )
         extra = hf_config.get("open_tips", {})
         max_len = hf_config.get("text_config", {}).get("max_position_embeddings", 64)
-        model = _build(vision_state, text_state or None, temperature, str(path), config, heads,
-                       extra.get("image_size"), max_len)
+        model = _build(
+            vision_state,
+            text_state or None,
+            temperature,
+            str(path),
+            config,
+            heads,
+            extra.get("image_size"),
+            max_len,
+        )
     elif path.is_dir() and (path / "checkpoints").is_dir() or path.suffix in (".pt", ".pth"):
         model = _load_training_checkpoint(path, config)
     elif path.suffix == ".npz":
@@ -100,7 +125,9 @@ def load_pretrained(
     elif path.is_dir():
         found = sorted(path.glob("*_vision.npz"))
         if len(found) != 1:
-            raise CheckpointError(f"{path}: expected config.json or exactly one *_vision.npz, found {len(found)}")
+            raise CheckpointError(
+                f"{path}: expected config.json or exactly one *_vision.npz, found {len(found)}"
+            )
         return load_pretrained(found[0], config=config, tokenizer=tokenizer, device=device)
     else:
         raise CheckpointError(f"{path}: unknown checkpoint format (expected .npz, .pt or an HF directory)")
@@ -111,7 +138,9 @@ def load_pretrained(
             tokenizer = found_tok
     if tokenizer is not None:
         max_len = model.cfg.text.max_len if model.cfg.text is not None else 64
-        model.tokenizer = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer(tokenizer, max_len=max_len)
+        model.tokenizer = (
+            tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer(tokenizer, max_len=max_len)
+        )
     model.eval()
     if device is not None:
         model.to(device)
@@ -131,8 +160,14 @@ def _load_training_checkpoint(path: Path, config: str | TIPSConfig | None) -> TI
     except Exception as err:  # torch raises many kinds for truncated / pickled-object files
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(err).__name__}: {err})") from err
     if not isinstance(payload, dict) or "model" not in payload or "model_config" not in payload:
-        raise CheckpointError(f"{path}: not an open_tips training checkpoint (needs 'model' and 'model_config')")
-    cfg = get_config(config) if isinstance(config, str) else config or TIPSConfig.from_dict(payload["model_config"])
+        raise CheckpointError(
+            f"{path}: not an open_tips training checkpoint (needs 'model' and 'model_config')"
+        )
+    cfg = (
+        get_config(config)
+        if isinstance(config, str)
+        else config or TIPSConfig.from_dict(payload["model_config"])
+    )
     model = TIPSModel(cfg)
     load_strict(model, payload["model"], str(path))
     return model

@@ -28,7 +28,9 @@ def read_npz(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except CheckpointError:
         raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, zipfile.LargeZipFile) as err:
-        raise CheckpointError(f"{path}: not a readable .npz checkpoint ({type(err).__name__}: {err})") from err
+        raise CheckpointError(
+            f"{path}: not a readable .npz checkpoint ({type(err).__name__}: {err})"
+        ) from err
     return state
 
 

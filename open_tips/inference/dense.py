@@ -39,9 +39,10 @@ def patch_cosines(model, pixels: torch.Tensor, class_emb: torch.Tensor) -> torch
 
 
 @torch.no_grad()
-def segmentation_logits(model, pixels: torch.Tensor, class_emb: torch.Tensor,
-                        size: tuple[int, int] | None = None) -> torch.Tensor:
-    """"whole" mode: [B, C, H, W] cosines upsampled bilinearly to ``size`` (default: the input's size)."""
+def segmentation_logits(
+    model, pixels: torch.Tensor, class_emb: torch.Tensor, size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """ "whole" mode: [B, C, H, W] cosines upsampled bilinearly to ``size`` (default: the input's size)."""
     cosine = patch_cosines(model, pixels, class_emb)
     return F.interpolate(cosine, size=size or tuple(pixels.shape[-2:]), mode="bilinear", align_corners=False)
 
@@ -56,25 +57,34 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
 
 
 @torch.no_grad()
-def sliding_window_probs(model, pixels: torch.Tensor, class_emb: torch.Tensor, window: int = 448,
-                         stride: int = 336, batch_size: int = 8) -> torch.Tensor:
-    """"slide" mode: [C, H, W] class probabilities of one image [1, 3, H, W] at its size, averaged over
+def sliding_window_probs(
+    model,
+    pixels: torch.Tensor,
+    class_emb: torch.Tensor,
+    window: int = 448,
+    stride: int = 336,
+    batch_size: int = 8,
+) -> torch.Tensor:
+    """ "slide" mode: [C, H, W] class probabilities of one image [1, 3, H, W] at its size, averaged over
     windows; ``batch_size`` windows go through the model at once (all windows have one shape)."""
     if pixels.shape[0] != 1:
         raise ValueError(f"sliding windows take one image at a time, got a batch of {pixels.shape[0]}")
     height, width = pixels.shape[-2:]
-    boxes = [(top, left) for top in window_starts(height, window, stride)
-             for left in window_starts(width, window, stride)]
+    boxes = [
+        (top, left)
+        for top in window_starts(height, window, stride)
+        for left in window_starts(width, window, stride)
+    ]
     win_h, win_w = min(window, height), min(window, width)
     probs = torch.zeros(class_emb.shape[0], height, width, device=pixels.device)
     counts = torch.zeros(1, height, width, device=pixels.device)
     for start in range(0, len(boxes), batch_size):
-        chunk = boxes[start:start + batch_size]
-        crops = torch.cat([pixels[:, :, top:top + win_h, left:left + win_w] for top, left in chunk])
+        chunk = boxes[start : start + batch_size]
+        crops = torch.cat([pixels[:, :, top : top + win_h, left : left + win_w] for top, left in chunk])
         window_probs = segmentation_logits(model, crops, class_emb).softmax(dim=1)  # at the window's size
         for (top, left), prob in zip(chunk, window_probs):
-            probs[:, top:top + win_h, left:left + win_w] += prob
-            counts[:, top:top + win_h, left:left + win_w] += 1
+            probs[:, top : top + win_h, left : left + win_w] += prob
+            counts[:, top : top + win_h, left : left + win_w] += 1
     return probs / counts
 
 
@@ -84,8 +94,9 @@ def upsampled_argmax(scores: torch.Tensor, size: tuple[int, int], chunk: int = 1
     to the lower class index, as with a plain argmax."""
     best_value = best_index = None
     for start in range(0, scores.shape[0], chunk):
-        part = F.interpolate(scores[None, start:start + chunk].float(), size=size, mode="bilinear",
-                             align_corners=False)[0]
+        part = F.interpolate(
+            scores[None, start : start + chunk].float(), size=size, mode="bilinear", align_corners=False
+        )[0]
         value, index = part.max(dim=0)
         if best_value is None:
             best_value, best_index = value, index
@@ -97,9 +108,16 @@ def upsampled_argmax(scores: torch.Tensor, size: tuple[int, int], chunk: int = 1
 
 
 @torch.no_grad()
-def segment(model, pixels: torch.Tensor, class_emb: torch.Tensor, mode: str = "whole",
-            size: tuple[int, int] | None = None, window: int = 448, stride: int = 336,
-            batch_size: int = 8) -> torch.Tensor:
+def segment(
+    model,
+    pixels: torch.Tensor,
+    class_emb: torch.Tensor,
+    mode: str = "whole",
+    size: tuple[int, int] | None = None,
+    window: int = 448,
+    stride: int = 336,
+    batch_size: int = 8,
+) -> torch.Tensor:
     """Label map [H, W] (int64 class indices) of one image ``pixels`` [1, 3, h, w] at ``size`` (default: the
     input's size), following the official protocol in ``mode`` "whole" or "slide"."""
     if pixels.shape[0] != 1:
@@ -139,8 +157,9 @@ def label_image(labels: np.ndarray, num_classes: int) -> Image.Image:
     return image
 
 
-def overlay_picture(image: Image.Image, labels: np.ndarray, class_names: list[str], alpha: float = 0.55
-                    ) -> Image.Image:
+def overlay_picture(
+    image: Image.Image, labels: np.ndarray, class_names: list[str], alpha: float = 0.55
+) -> Image.Image:
     """The image and the coloured label map blended over it, side by side, with a legend of the classes
     present (largest area first) underneath."""
     colours = palette(len(class_names))
@@ -154,8 +173,9 @@ def overlay_picture(image: Image.Image, labels: np.ndarray, class_names: list[st
     row = 16
     draw = ImageDraw.Draw(base)  # only to measure text
     legend_width = max(24 + int(draw.textlength(text)) + 4 for _, text in legend)
-    canvas = Image.new("RGB", (max(base.width * 2, legend_width), base.height + row * len(legend) + 8),
-                       (255, 255, 255))
+    canvas = Image.new(
+        "RGB", (max(base.width * 2, legend_width), base.height + row * len(legend) + 8), (255, 255, 255)
+    )
     canvas.paste(base, (0, 0))
     canvas.paste(blended, (base.width, 0))
     draw = ImageDraw.Draw(canvas)

@@ -35,8 +35,15 @@ def list_images(inputs: Iterable[str | Path]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            paths.extend(sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
-                                and p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS))
+            paths.extend(
+                sorted(
+                    p
+                    for p in path.rglob("*")
+                    if p.is_file()
+                    and not p.name.startswith(".")
+                    and p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS
+                )
+            )
         elif path.exists():
             paths.append(path)
         else:
@@ -46,14 +53,19 @@ def list_images(inputs: Iterable[str | Path]) -> list[Path]:
     return paths
 
 
-def target_size(width: int, height: int, image_size: int, keep_aspect: bool, patch: int = 14) -> tuple[int, int]:
+def target_size(
+    width: int, height: int, image_size: int, keep_aspect: bool, patch: int = 14
+) -> tuple[int, int]:
     """(height, width): a square ``image_size``, or the short side at ``image_size`` keeping the aspect
     ratio; both rounded to the nearest multiple of the patch size (at least one patch)."""
     if not keep_aspect:
         side = max(patch, round(image_size / patch) * patch)
         return side, side
     scale = image_size / min(width, height)
-    return (max(patch, round(height * scale / patch) * patch), max(patch, round(width * scale / patch) * patch))
+    return (
+        max(patch, round(height * scale / patch) * patch),
+        max(patch, round(width * scale / patch) * patch),
+    )
 
 
 def to_pixels(image: Image.Image, height: int, width: int) -> torch.Tensor:
@@ -69,8 +81,9 @@ def read_image(path: Path) -> Image.Image:
     return decode_image(Path(path).read_bytes())
 
 
-def load_image(path: Path, image_size: int, keep_aspect: bool = False, patch: int = 14
-               ) -> tuple[torch.Tensor, Image.Image]:
+def load_image(
+    path: Path, image_size: int, keep_aspect: bool = False, patch: int = 14
+) -> tuple[torch.Tensor, Image.Image]:
     """(pixels [3, H, W] in [0, 1], the RGB PIL image at its own size)."""
     image = read_image(path)
     height, width = target_size(image.width, image.height, image_size, keep_aspect, patch)
@@ -90,8 +103,11 @@ def load_image_short_side(path: Path, size: int) -> tuple[torch.Tensor, Image.Im
     with its own antialiasing and no clamping, as torchvision's Resize on a PIL image in the notebook."""
     image = read_image(path)
     height, width = short_side_size(image.width, image.height, size)
-    resized = image if (height, width) == (image.height, image.width) else image.resize(
-        (width, height), Image.BICUBIC)
+    resized = (
+        image
+        if (height, width) == (image.height, image.width)
+        else image.resize((width, height), Image.BICUBIC)
+    )
     return TF.to_dtype(TF.to_image(resized), torch.float32, scale=True), image
 
 
@@ -117,8 +133,9 @@ def _no_collate(item):
     return item
 
 
-def decoded_images(paths: list[Path], image_size: int, keep_aspect: bool = False, patch: int = 14,
-                   workers: int = 0) -> Iterator[tuple[Path, torch.Tensor | None, str]]:
+def decoded_images(
+    paths: list[Path], image_size: int, keep_aspect: bool = False, patch: int = 14, workers: int = 0
+) -> Iterator[tuple[Path, torch.Tensor | None, str]]:
     """Yields (path, pixels or None, error message) in input order; ``workers`` > 0 decodes in background
     processes so that a GPU is not left waiting on JPEG decoding."""
     dataset = _DecodeDataset(paths, image_size, keep_aspect, patch)
@@ -130,9 +147,15 @@ def decoded_images(paths: list[Path], image_size: int, keep_aspect: bool = False
         yield paths[index], pixels, error
 
 
-def batched_images(paths: list[Path], image_size: int, batch_size: int, keep_aspect: bool = False,
-                   skipped: list[str] | None = None, patch: int = 14, workers: int = 0
-                   ) -> Iterator[tuple[list[Path], torch.Tensor]]:
+def batched_images(
+    paths: list[Path],
+    image_size: int,
+    batch_size: int,
+    keep_aspect: bool = False,
+    skipped: list[str] | None = None,
+    patch: int = 14,
+    workers: int = 0,
+) -> Iterator[tuple[list[Path], torch.Tensor]]:
     """Yields (paths, pixels [B, 3, H, W]) in input order. Unreadable images are skipped, logged and their
     names appended to ``skipped``. With ``keep_aspect``, an image of another shape starts a new batch."""
     batch_paths: list[Path] = []

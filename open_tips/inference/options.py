@@ -18,33 +18,63 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_model_args(parser: argparse.ArgumentParser, batch_size: int = 16, keep_aspect: bool = False,
-                   images: bool = True, workers: bool = True) -> None:
+def add_model_args(
+    parser: argparse.ArgumentParser,
+    batch_size: int = 16,
+    keep_aspect: bool = False,
+    images: bool = True,
+    workers: bool = True,
+) -> None:
     """The options every inference command shares. ``keep_aspect`` is the command's default resize
     (zeroshot-seg keeps the aspect ratio, as the official notebook does); ``images`` adds the options about
     reading image files (--keep-aspect, and --workers with ``workers``), which convert does not need."""
     group = parser.add_argument_group("model")
-    group.add_argument("--checkpoint", required=True,
-                       help="official *_vision.npz (its _text.npz is found beside it), HF-format directory, "
-                            "or an open_tips run directory / .pt checkpoint")
-    group.add_argument("--config", default=None,
-                       help="registry name overriding the architecture inferred from the weights (see "
-                            "open_tips.list_configs())")
-    group.add_argument("--tokenizer", default=None,
-                       help="SentencePiece tokenizer.model (default: the one beside the checkpoint)")
+    group.add_argument(
+        "--checkpoint",
+        required=True,
+        help="official *_vision.npz (its _text.npz is found beside it), HF-format directory, "
+        "or an open_tips run directory / .pt checkpoint",
+    )
+    group.add_argument(
+        "--config",
+        default=None,
+        help="registry name overriding the architecture inferred from the weights (see "
+        "open_tips.list_configs())",
+    )
+    group.add_argument(
+        "--tokenizer",
+        default=None,
+        help="SentencePiece tokenizer.model (default: the one beside the checkpoint)",
+    )
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
-    group.add_argument("--image-size", type=positive_int, default=None,
-                       help="pixels; sides are rounded to multiples of the patch size (default: the model's "
-                            "training resolution)")
-    group.add_argument("--batch-size", type=positive_int, default=batch_size,
-                       help=f"inputs per forward pass (default {batch_size})")
+    group.add_argument(
+        "--image-size",
+        type=positive_int,
+        default=None,
+        help="pixels; sides are rounded to multiples of the patch size (default: the model's "
+        "training resolution)",
+    )
+    group.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=batch_size,
+        help=f"inputs per forward pass (default {batch_size})",
+    )
     if images:
-        group.add_argument("--keep-aspect", action=argparse.BooleanOptionalAction, default=keep_aspect,
-                           help="resize the short side to --image-size and keep the aspect ratio, instead of "
-                                f"resizing to a square (default: {'on' if keep_aspect else 'off'})")
+        group.add_argument(
+            "--keep-aspect",
+            action=argparse.BooleanOptionalAction,
+            default=keep_aspect,
+            help="resize the short side to --image-size and keep the aspect ratio, instead of "
+            f"resizing to a square (default: {'on' if keep_aspect else 'off'})",
+        )
     if images and workers:
-        group.add_argument("--workers", type=int, default=0,
-                           help="background processes decoding images (default 0: decode in the main process)")
+        group.add_argument(
+            "--workers",
+            type=int,
+            default=0,
+            help="background processes decoding images (default 0: decode in the main process)",
+        )
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -92,7 +122,9 @@ def fail(message: str) -> NoReturn:
 
 def report_skipped(skipped: list[str]) -> None:
     if skipped:
-        print(f"skipped {len(skipped)} unreadable image{'s' if len(skipped) > 1 else ''}: {', '.join(skipped)}")
+        print(
+            f"skipped {len(skipped)} unreadable image{'s' if len(skipped) > 1 else ''}: {', '.join(skipped)}"
+        )
 
 
 def output_stem(path: Path, output_dir: str | None, used: set[Path]) -> Path:

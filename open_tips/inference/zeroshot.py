@@ -9,11 +9,22 @@ import torch.nn.functional as F
 
 # The official zero-shot segmentation notebook's nine templates (the TCL paper's subset of the ImageNet ones).
 TIPS_TEMPLATES = [
-    "itap of a {}.", "a bad photo of a {}.", "a origami {}.", "a photo of the large {}.", "a {} in a video game.",
-    "art of the {}.", "a photo of the small {}.", "a photo of many {}.", "a photo of {}s.",
+    "itap of a {}.",
+    "a bad photo of a {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+    "a photo of many {}.",
+    "a photo of {}s.",
 ]
-TEMPLATE_SETS = {"default": TIPS_TEMPLATES, "tips": TIPS_TEMPLATES, "simple": ["a photo of a {}."],
-                 "none": ["{}"]}
+TEMPLATE_SETS = {
+    "default": TIPS_TEMPLATES,
+    "tips": TIPS_TEMPLATES,
+    "simple": ["a photo of a {}."],
+    "none": ["{}"],
+}
 
 
 def load_templates(spec: str) -> list[str]:
@@ -47,11 +58,15 @@ def load_class_names(classes: str | None, classes_file: str | None) -> list[str]
 
 
 @torch.no_grad()
-def class_embeddings(model, class_names: list[str], templates: list[str], batch_size: int = 256) -> torch.Tensor:
+def class_embeddings(
+    model, class_names: list[str], templates: list[str], batch_size: int = 256
+) -> torch.Tensor:
     """[C, D] unit vectors: per class, the mean of the L2-normalised prompt embeddings, renormalised."""
     prompts = [template.format(name) for name in class_names for template in templates]
-    chunks = [F.normalize(model.encode_text(prompts[i:i + batch_size]), dim=-1)
-              for i in range(0, len(prompts), batch_size)]
+    chunks = [
+        F.normalize(model.encode_text(prompts[i : i + batch_size]), dim=-1)
+        for i in range(0, len(prompts), batch_size)
+    ]
     per_prompt = torch.cat(chunks).reshape(len(class_names), len(templates), -1)
     return F.normalize(per_prompt.mean(dim=1), dim=-1)
 

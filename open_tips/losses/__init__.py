@@ -7,6 +7,14 @@ from open_tips.losses.koleo import koleo_loss
 from open_tips.losses.sparc import sparc_alignment_weights, sparc_loss
 
 __all__ = [
-    "DINOLoss", "DualContrastiveLoss", "IBOTPatchLoss", "clip_loss", "gather_with_grad", "koleo_loss",
-    "siglip_loss", "sinkhorn_knopp", "sparc_alignment_weights", "sparc_loss",
+    "DINOLoss",
+    "DualContrastiveLoss",
+    "IBOTPatchLoss",
+    "clip_loss",
+    "gather_with_grad",
+    "koleo_loss",
+    "siglip_loss",
+    "sinkhorn_knopp",
+    "sparc_alignment_weights",
+    "sparc_loss",
 ]

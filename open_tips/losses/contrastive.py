@@ -33,12 +33,19 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 
 def _check_pairs(image_emb: torch.Tensor, text_emb: torch.Tensor) -> None:
     if image_emb.ndim != 2 or image_emb.shape != text_emb.shape:
-        raise ValueError(f"expected matching [B, D] embeddings, got {tuple(image_emb.shape)} and "
-                         f"{tuple(text_emb.shape)}")
+        raise ValueError(
+            f"expected matching [B, D] embeddings, got {tuple(image_emb.shape)} and {tuple(text_emb.shape)}"
+        )
 
 
-def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, temperature: torch.Tensor | float, *,
-              gather: bool = True, local_loss: bool = True) -> torch.Tensor:
+def clip_loss(
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    temperature: torch.Tensor | float,
+    *,
+    gather: bool = True,
+    local_loss: bool = True,
+) -> torch.Tensor:
     """Symmetric softmax cross-entropy on ``cosine / temperature`` (mean of image->text and text->image).
 
     Distributed with ``gather``: negatives come from all ranks, with gradient. With ``local_loss``
@@ -66,8 +73,14 @@ def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, temperature: torc
         return 0.5 * (F.cross_entropy(logits_image, labels) + F.cross_entropy(logits_text, labels))
 
 
-def siglip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, temperature: torch.Tensor | float,
-                bias: torch.Tensor | float, *, gather: bool = True) -> torch.Tensor:
+def siglip_loss(
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    temperature: torch.Tensor | float,
+    bias: torch.Tensor | float,
+    *,
+    gather: bool = True,
+) -> torch.Tensor:
     """Pairwise sigmoid loss (SigLIP): sum over pairs of -log sigmoid(z_ij (cos_ij / T + b)), z = +1 for the
     matching pair and -1 otherwise, divided by the batch size.
 
@@ -101,17 +114,28 @@ class DualContrastiveLoss(nn.Module):
         self.gather = gather
         self.local_loss = local_loss
 
-    def _pair(self, image: torch.Tensor, text: torch.Tensor, temperature: torch.Tensor | float,
-              bias: torch.Tensor | float | None) -> torch.Tensor:
+    def _pair(
+        self,
+        image: torch.Tensor,
+        text: torch.Tensor,
+        temperature: torch.Tensor | float,
+        bias: torch.Tensor | float | None,
+    ) -> torch.Tensor:
         if self.kind == "sigmoid":
             if bias is None:
                 raise ValueError("the sigmoid loss needs a bias")
             return siglip_loss(image, text, temperature, bias, gather=self.gather)
         return clip_loss(image, text, temperature, gather=self.gather, local_loss=self.local_loss)
 
-    def forward(self, cls_web: torch.Tensor, cls_synthetic: torch.Tensor, web_text_emb: torch.Tensor,
-                synthetic_text_emb: torch.Tensor, temperature: torch.Tensor | float,
-                bias: torch.Tensor | float | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        cls_web: torch.Tensor,
+        cls_synthetic: torch.Tensor,
+        web_text_emb: torch.Tensor,
+        synthetic_text_emb: torch.Tensor,
+        temperature: torch.Tensor | float,
+        bias: torch.Tensor | float | None = None,
+    ) -> dict[str, torch.Tensor]:
         web = self._pair(cls_web, web_text_emb, temperature, bias)
         synthetic = self._pair(cls_synthetic, synthetic_text_emb, temperature, bias)
         return {"loss": 0.5 * (web + synthetic), "loss_web": web, "loss_synthetic": synthetic}

@@ -44,8 +44,9 @@ def sinkhorn_knopp(teacher_logits: torch.Tensor, teacher_temp: float, n_iteratio
 class _CenteredTeacher(nn.Module):
     """Teacher-side state shared by the DINO and iBOT losses: the EMA centre of the teacher logits."""
 
-    def __init__(self, out_dim: int, student_temp: float, center_momentum: float,
-                 center_shape: tuple[int, ...]) -> None:
+    def __init__(
+        self, out_dim: int, student_temp: float, center_momentum: float, center_shape: tuple[int, ...]
+    ) -> None:
         super().__init__()
         self.out_dim = out_dim
         self.student_temp = student_temp
@@ -59,8 +60,9 @@ class _CenteredTeacher(nn.Module):
         return F.softmax((teacher_logits.float() - self.center.reshape(-1)) / teacher_temp, dim=-1)
 
     @torch.no_grad()
-    def sinkhorn_knopp_teacher(self, teacher_logits: torch.Tensor, teacher_temp: float,
-                               n_iterations: int = 3) -> torch.Tensor:
+    def sinkhorn_knopp_teacher(
+        self, teacher_logits: torch.Tensor, teacher_temp: float, n_iterations: int = 3
+    ) -> torch.Tensor:
         return sinkhorn_knopp(teacher_logits, teacher_temp, n_iterations)
 
     @torch.no_grad()
@@ -84,8 +86,12 @@ class DINOLoss(_CenteredTeacher):
     def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
         super().__init__(out_dim, student_temp, center_momentum, (1, out_dim))
 
-    def forward(self, student_logits: Sequence[torch.Tensor], teacher_probs: Sequence[torch.Tensor],
-                ignore_diagonal: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        student_logits: Sequence[torch.Tensor],
+        teacher_probs: Sequence[torch.Tensor],
+        ignore_diagonal: bool = False,
+    ) -> torch.Tensor:
         """Cross-entropy H(teacher, student), batch-averaged, then averaged over (student crop, teacher crop)
         pairs. ``student_logits``: one [B, K] per student crop; ``teacher_probs``: one [B, K] per teacher crop.
         With ``ignore_diagonal`` pairs with the same crop index are skipped (student and teacher both seeing

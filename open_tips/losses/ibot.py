@@ -18,8 +18,13 @@ class IBOTPatchLoss(_CenteredTeacher):
     def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
         super().__init__(out_dim, student_temp, center_momentum, (1, 1, out_dim))
 
-    def forward(self, student_patch_logits: torch.Tensor, teacher_patch_probs: torch.Tensor,
-                masks: torch.Tensor | None, all_tokens: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        student_patch_logits: torch.Tensor,
+        teacher_patch_probs: torch.Tensor,
+        masks: torch.Tensor | None,
+        all_tokens: bool = False,
+    ) -> torch.Tensor:
         """student logits / teacher probs [B, N, K]; masks bool [B, N] (True = masked); ``all_tokens`` (or
         ``masks=None``) is iBOT++."""
         log_probs = self._student_log_probs(student_patch_logits)

@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 
 
-def sparc_alignment_weights(patch_emb: torch.Tensor, token_emb: torch.Tensor, threshold: float | None = None,
-                            eps: float = 1e-8) -> torch.Tensor:
+def sparc_alignment_weights(
+    patch_emb: torch.Tensor, token_emb: torch.Tensor, threshold: float | None = None, eps: float = 1e-8
+) -> torch.Tensor:
     """[B, L, P] alignment weights from patch_emb [B, P, D] and token_emb [B, L, D]: raw (unnormalised)
     token-patch dot products, min-max normalised over the patches of each token (``eps`` in the
     denominator), values below ``threshold`` (default 1/P) zeroed, rows renormalised to sum 1 (an all-zero
@@ -29,9 +30,15 @@ def sparc_alignment_weights(patch_emb: torch.Tensor, token_emb: torch.Tensor, th
         return sparse / sparse.sum(dim=-1, keepdim=True).clamp_min(eps)
 
 
-def sparc_loss(patch_emb: torch.Tensor, token_emb: torch.Tensor, token_padding: torch.Tensor,
-               temperature: torch.Tensor | float, *, threshold: float | None = None,
-               eps: float = 1e-8) -> torch.Tensor:
+def sparc_loss(
+    patch_emb: torch.Tensor,
+    token_emb: torch.Tensor,
+    token_padding: torch.Tensor,
+    temperature: torch.Tensor | float,
+    *,
+    threshold: float | None = None,
+    eps: float = 1e-8,
+) -> torch.Tensor:
     """SPARC's fine-grained loss, a scalar.
 
     patch_emb [B, P, D]; token_emb [B, L, D]; token_padding [B, L] bool (True = padding). Per sample: logits
@@ -40,11 +47,14 @@ def sparc_loss(patch_emb: torch.Tensor, token_emb: torch.Tensor, token_padding: 
     neither rows nor columns. Averaged over each sample's valid tokens, then over samples that have any.
     """
     if patch_emb.ndim != 3 or token_emb.ndim != 3 or patch_emb.shape[0] != token_emb.shape[0]:
-        raise ValueError(f"expected patch_emb [B, P, D] and token_emb [B, L, D], got {tuple(patch_emb.shape)} "
-                         f"and {tuple(token_emb.shape)}")
+        raise ValueError(
+            f"expected patch_emb [B, P, D] and token_emb [B, L, D], got {tuple(patch_emb.shape)} "
+            f"and {tuple(token_emb.shape)}"
+        )
     if token_padding.shape != token_emb.shape[:2]:
-        raise ValueError(f"token_padding {tuple(token_padding.shape)} does not match tokens "
-                         f"{tuple(token_emb.shape[:2])}")
+        raise ValueError(
+            f"token_padding {tuple(token_padding.shape)} does not match tokens {tuple(token_emb.shape[:2])}"
+        )
     valid = ~token_padding.bool()
     # Zero the padded tokens first: whatever they hold (even nan) then touches neither the loss nor a gradient.
     token_emb = token_emb.masked_fill(~valid[..., None], 0.0)

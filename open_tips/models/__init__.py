@@ -13,6 +13,15 @@ from open_tips.models.tips import TIPSModel, create_model
 from open_tips.models.vision import ImageEmbeddings, VisionTransformer
 
 __all__ = [
-    "ImageEmbeddings", "TIPSConfig", "TIPSModel", "TextConfig", "TextTransformer", "VisionConfig",
-    "VisionTransformer", "create_model", "get_config", "list_configs", "register_config",
+    "ImageEmbeddings",
+    "TIPSConfig",
+    "TIPSModel",
+    "TextConfig",
+    "TextTransformer",
+    "VisionConfig",
+    "VisionTransformer",
+    "create_model",
+    "get_config",
+    "list_configs",
+    "register_config",
 ]

@@ -80,8 +80,14 @@ def _vision(size: str, pos_grid: int) -> VisionConfig:
         # SwiGLU hidden = (int(4 * 1536 * 2 / 3) + 7) // 8 * 8, as in DINOv2's fused SwiGLU.
         "g": (1536, 40, 4096, True),
     }[size]
-    return VisionConfig(width=width, depth=depth, heads=heads_for_width(width), mlp_hidden=mlp,
-                        swiglu=swiglu, pos_grid=pos_grid)
+    return VisionConfig(
+        width=width,
+        depth=depth,
+        heads=heads_for_width(width),
+        mlp_hidden=mlp,
+        swiglu=swiglu,
+        pos_grid=pos_grid,
+    )
 
 
 def _text(size: str) -> TextConfig:
@@ -112,38 +118,72 @@ for _size, _file in (("s", "s14"), ("b", "b14"), ("l", "l14")):
         f"tips_oss_{_file}_highres_distilled",
     )
 register_config(
-    TIPSConfig(vision=_vision("so400m", 16), text=_text("so400m"), image_size=448, name="tips-v1-so400m14-hr"),
-    "tips_oss_so400m14_highres_largetext_distilled", "tips-v1-so14-hr",
+    TIPSConfig(
+        vision=_vision("so400m", 16), text=_text("so400m"), image_size=448, name="tips-v1-so400m14-hr"
+    ),
+    "tips_oss_so400m14_highres_largetext_distilled",
+    "tips-v1-so14-hr",
 )
-register_config(TIPSConfig(vision=_vision("g", 16), text=_text("g"), image_size=448, name="tips-v1-g14-hr"),
-                "tips_oss_g14_highres")
-register_config(TIPSConfig(vision=_vision("g", 16), text=_text("g"), image_size=224, name="tips-v1-g14-lr"),
-                "tips_oss_g14_lowres")
+register_config(
+    TIPSConfig(vision=_vision("g", 16), text=_text("g"), image_size=448, name="tips-v1-g14-hr"),
+    "tips_oss_g14_highres",
+)
+register_config(
+    TIPSConfig(vision=_vision("g", 16), text=_text("g"), image_size=224, name="tips-v1-g14-lr"),
+    "tips_oss_g14_lowres",
+)
 
 # TIPSv2: 32x32 position grid; temperatures as released (config.json of the HF checkpoints).
-for _size, _file, _temp in (("b", "b14", 0.005065968260169029), ("l", "l14", 0.004785),
-                            ("so400m", "so400m14", 0.004638), ("g", "g14", 0.003623)):
-    _aliases = [f"tips_v2_oss_{_file}", f"tipsv2-{_file}".replace("so400m14", "so14"),
-                f"tips_v2_oss_{_file}".replace("so400m14", "so14")]
+for _size, _file, _temp in (
+    ("b", "b14", 0.005065968260169029),
+    ("l", "l14", 0.004785),
+    ("so400m", "so400m14", 0.004638),
+    ("g", "g14", 0.003623),
+):
+    _aliases = [
+        f"tips_v2_oss_{_file}",
+        f"tipsv2-{_file}".replace("so400m14", "so14"),
+        f"tips_v2_oss_{_file}".replace("so400m14", "so14"),
+    ]
     register_config(
-        TIPSConfig(vision=_vision(_size, 32), text=_text(_size), temperature=_temp, image_size=448,
-                   name=f"tipsv2-{_file}"),
+        TIPSConfig(
+            vision=_vision(_size, 32),
+            text=_text(_size),
+            temperature=_temp,
+            image_size=448,
+            name=f"tipsv2-{_file}",
+        ),
         *[a for a in _aliases if a != f"tipsv2-{_file}"],
     )
 
 # Tiny configs for tests, CPU training and the built-in dataset.
-register_config(TIPSConfig(
-    vision=VisionConfig(width=64, depth=2, heads=4, mlp_hidden=256, pos_grid=4),
-    text=TextConfig(width=64, depth=2, heads=4, mlp_hidden=256, vocab_size=512, max_len=32),
-    temperature=0.07, image_size=56, name="tiny"))
-register_config(TIPSConfig(
-    vision=VisionConfig(width=64, depth=2, heads=4, mlp_hidden=176, swiglu=True, pos_grid=4),
-    text=TextConfig(width=64, depth=2, heads=4, mlp_hidden=256, vocab_size=512, max_len=32),
-    temperature=0.07, image_size=56, name="tiny-swiglu"))
-register_config(TIPSConfig(
-    vision=VisionConfig(width=192, depth=6, heads=3, mlp_hidden=768, pos_grid=8, drop_path_rate=0.0),
-    text=TextConfig(width=192, depth=4, heads=3, mlp_hidden=768, vocab_size=2048, max_len=48),
-    temperature=0.07, image_size=112, name="small-112"))
+register_config(
+    TIPSConfig(
+        vision=VisionConfig(width=64, depth=2, heads=4, mlp_hidden=256, pos_grid=4),
+        text=TextConfig(width=64, depth=2, heads=4, mlp_hidden=256, vocab_size=512, max_len=32),
+        temperature=0.07,
+        image_size=56,
+        name="tiny",
+    )
+)
+register_config(
+    TIPSConfig(
+        vision=VisionConfig(width=64, depth=2, heads=4, mlp_hidden=176, swiglu=True, pos_grid=4),
+        text=TextConfig(width=64, depth=2, heads=4, mlp_hidden=256, vocab_size=512, max_len=32),
+        temperature=0.07,
+        image_size=56,
+        name="tiny-swiglu",
+    )
+)
+register_config(
+    TIPSConfig(
+        vision=VisionConfig(width=192, depth=6, heads=3, mlp_hidden=768, pos_grid=8, drop_path_rate=0.0),
+        text=TextConfig(width=192, depth=4, heads=3, mlp_hidden=768, vocab_size=2048, max_len=48),
+        temperature=0.07,
+        image_size=112,
+        name="small-112",
+    )
+)
 
 
 def get_config(name: str) -> TIPSConfig:

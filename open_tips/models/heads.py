@@ -11,8 +11,14 @@ from torch.nn.utils.parametrizations import weight_norm
 class DINOHead(nn.Module):
     """MLP -> L2-normalised bottleneck -> weight-normalised prototype layer (no bias, unit norm gain)."""
 
-    def __init__(self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 nlayers: int = 3) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int = 65536,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        nlayers: int = 3,
+    ) -> None:
         super().__init__()
         nlayers = max(nlayers, 1)
         if nlayers == 1:

@@ -20,7 +20,9 @@ def sinusoidal_positions(length: int, dim: int, device: torch.device | None = No
     """[length, dim] sin/cos table with geometric timescales 1 .. 10^4 (sin half first, then cos)."""
     num_timescales = dim // 2
     log_increment = math.log(10_000.0) / max(num_timescales - 1, 1)
-    inv_timescales = torch.exp(torch.arange(num_timescales, dtype=torch.float32, device=device) * -log_increment)
+    inv_timescales = torch.exp(
+        torch.arange(num_timescales, dtype=torch.float32, device=device) * -log_increment
+    )
     scaled = torch.arange(length, dtype=torch.float32, device=device)[:, None] * inv_timescales[None, :]
     signal = torch.cat((torch.sin(scaled), torch.cos(scaled)), dim=1)
     return F.pad(signal, (0, dim % 2))
@@ -101,11 +103,16 @@ class TextTransformer(nn.Module):
     def forward_tokens(self, token_ids: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
         """Per-token features after the final norm: [B, L, D]."""
         if token_ids.shape != padding_mask.shape:
-            raise ValueError(f"token_ids {tuple(token_ids.shape)} and padding_mask "
-                             f"{tuple(padding_mask.shape)} differ in shape")
+            raise ValueError(
+                f"token_ids {tuple(token_ids.shape)} and padding_mask "
+                f"{tuple(padding_mask.shape)} differ in shape"
+            )
         length = token_ids.shape[1]
-        positions = (self.positions[:length] if length <= self.positions.shape[0]
-                     else sinusoidal_positions(length, self.cfg.width, token_ids.device))
+        positions = (
+            self.positions[:length]
+            if length <= self.positions.shape[0]
+            else sinusoidal_positions(length, self.cfg.width, token_ids.device)
+        )
         x = self.token_embedding(token_ids) * math.sqrt(self.cfg.width)
         x = x + positions.to(device=x.device, dtype=x.dtype)
         valid = ~padding_mask.bool()

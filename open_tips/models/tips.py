@@ -57,7 +57,9 @@ class TIPSModel(nn.Module):
     ) -> torch.Tensor:
         if self.text is None:
             raise RuntimeError("this model has no text tower (a vision-only checkpoint was loaded)")
-        if isinstance(token_ids, str) or (isinstance(token_ids, Sequence) and not isinstance(token_ids, torch.Tensor)):
+        if isinstance(token_ids, str) or (
+            isinstance(token_ids, Sequence) and not isinstance(token_ids, torch.Tensor)
+        ):
             token_ids, padding_mask = self.tokenize(token_ids)
         if padding_mask is None:
             padding_mask = token_ids == 0

@@ -59,8 +59,9 @@ class Attention(nn.Module):
     def value_only(self, x: torch.Tensor) -> torch.Tensor:
         """MaskCLIP's trick: the value path alone (each token attends only to itself)."""
         width = x.shape[-1]
-        value = F.linear(x, self.qkv.weight[2 * width:],
-                         None if self.qkv.bias is None else self.qkv.bias[2 * width:])
+        value = F.linear(
+            x, self.qkv.weight[2 * width :], None if self.qkv.bias is None else self.qkv.bias[2 * width :]
+        )
         return self.proj(value)
 
 
@@ -171,8 +172,9 @@ class VisionTransformer(nn.Module):
         dtype = self.pos_embed.dtype
         cls_pos = self.pos_embed[:, :1]
         patch_pos = self.pos_embed[:, 1:].float().reshape(1, stored, stored, -1).permute(0, 3, 1, 2)
-        patch_pos = F.interpolate(patch_pos, size=(grid_h, grid_w), mode="bilinear", antialias=True,
-                                  align_corners=False)
+        patch_pos = F.interpolate(
+            patch_pos, size=(grid_h, grid_w), mode="bilinear", antialias=True, align_corners=False
+        )
         patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, -1).to(dtype)
         return torch.cat((cls_pos, patch_pos), dim=1)
 
@@ -205,7 +207,7 @@ class VisionTransformer(nn.Module):
         return ImageEmbeddings(
             cls_web=tokens[:, 0],
             cls_synthetic=tokens[:, 1],
-            patch_tokens=tokens[:, self.num_prefix_tokens:].reshape(batch, grid_hw[0], grid_hw[1], -1),
+            patch_tokens=tokens[:, self.num_prefix_tokens :].reshape(batch, grid_hw[0], grid_hw[1], -1),
         )
 
     def grid_size(self, pixels: torch.Tensor) -> tuple[int, int]:

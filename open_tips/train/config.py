@@ -150,19 +150,41 @@ def _plain(value: Any) -> Any:
 PRESETS: dict[str, dict[str, Any]] = {
     # Trains in a few minutes on 2 CPU cores; the README's main job.
     "tiny": {},
-    "tiny-tipsv2": {"teacher.kind": "head_ema", "loss.ibot_all_tokens": True,
-                    "data.caption_weights": {"short": 0.5, "detailed": 0.5}},
-    "small": {"model.name": "small-112", "data.global_size": 112, "data.local_size": 56, "data.num_local": 4,
-              "data.num_samples": 20000, "train.steps": 3000, "train.output_dir": "runs/small"},
+    "tiny-tipsv2": {
+        "teacher.kind": "head_ema",
+        "loss.ibot_all_tokens": True,
+        "data.caption_weights": {"short": 0.5, "detailed": 0.5},
+    },
+    "small": {
+        "model.name": "small-112",
+        "data.global_size": 112,
+        "data.local_size": 56,
+        "data.num_local": 4,
+        "data.num_samples": 20000,
+        "train.steps": 3000,
+        "train.output_dir": "runs/small",
+    },
     # The paper's geometry (ViT-B/14, 224 px global, 6 local crops at 98 px, 32k prototypes).
     "b14": {
-        "model.name": "tipsv2-b14", "data.source": "builtin", "data.builtin_image_size": 256,
-        "data.global_size": 224, "data.local_size": 98, "data.num_local": 6,
-        "data.global_scale": [0.32, 1.0], "data.local_scale": [0.05, 0.32], "data.batch_size": 64,
+        "model.name": "tipsv2-b14",
+        "data.source": "builtin",
+        "data.builtin_image_size": 256,
+        "data.global_size": 224,
+        "data.local_size": 98,
+        "data.num_local": 6,
+        "data.global_scale": [0.32, 1.0],
+        "data.local_scale": [0.05, 0.32],
+        "data.batch_size": 64,
         "data.tokenizer_vocab": 4096,
-        "loss.head_out_dim": 32768, "loss.head_hidden_dim": 2048, "loss.head_bottleneck_dim": 256,
-        "optim.lr": 5e-4, "optim.warmup_steps": 1000, "train.steps": 90000, "train.precision": "bf16",
-        "train.output_dir": "runs/b14", "train.save_every": 1000,
+        "loss.head_out_dim": 32768,
+        "loss.head_hidden_dim": 2048,
+        "loss.head_bottleneck_dim": 256,
+        "optim.lr": 5e-4,
+        "optim.warmup_steps": 1000,
+        "train.steps": 90000,
+        "train.precision": "bf16",
+        "train.output_dir": "runs/b14",
+        "train.save_every": 1000,
     },
     "b14-tipsv2": {"preset": "b14", "teacher.kind": "head_ema", "loss.ibot_all_tokens": True},
 }
@@ -286,8 +308,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def load_config(preset: str | None = None, yaml_path: str | Path | None = None,
-                overrides: list[str] | None = None) -> TrainConfig:
+def load_config(
+    preset: str | None = None, yaml_path: str | Path | None = None, overrides: list[str] | None = None
+) -> TrainConfig:
     file_mapping: dict[str, Any] = {}
     if yaml_path is not None:
         try:

@@ -24,8 +24,12 @@ log = logging.getLogger(__name__)
 def _builtin_dataset(cfg: TrainConfig):
     from open_tips.data.builtin import BuiltinShapes
 
-    return BuiltinShapes(num_samples=cfg.data.num_samples, image_size=cfg.data.builtin_image_size,
-                         seed=cfg.train.seed, caption_noise=cfg.data.caption_noise)
+    return BuiltinShapes(
+        num_samples=cfg.data.num_samples,
+        image_size=cfg.data.builtin_image_size,
+        seed=cfg.train.seed,
+        caption_noise=cfg.data.caption_noise,
+    )
 
 
 def _caption_texts(sample: dict) -> list[str]:
@@ -66,8 +70,13 @@ def _batch_builder(cfg: TrainConfig, tokenizer: Tokenizer):
     from open_tips.data.masking import MaskGenerator
 
     data = cfg.data
-    crops = MultiCropTransform(global_size=data.global_size, local_size=data.local_size, num_local=data.num_local,
-                               global_scale=data.global_scale, local_scale=data.local_scale)
+    crops = MultiCropTransform(
+        global_size=data.global_size,
+        local_size=data.local_size,
+        num_local=data.num_local,
+        global_scale=data.global_scale,
+        local_scale=data.local_scale,
+    )
     masks = MaskGenerator(kind=data.mask_kind, ratio=data.mask_ratio, probability=data.mask_probability)
     policy = CaptionPolicy(data.caption_weights)
     return TIPSBatchBuilder(tokenizer, crops, masks, policy)
@@ -135,8 +144,13 @@ def build_train_batches(cfg: TrainConfig, tokenizer: Tokenizer, start_step: int,
             dataset = FolderDataset(source)
         steps = StepBatches(dataset, builder, cfg.data.batch_size, cfg.train.seed, ctx.rank, ctx.world_size)
         # Accumulation consumes several loader items per optimiser step.
-        loader = DataLoader(steps, batch_size=None, sampler=_StepSampler(start_step * cfg.train.accum_steps),
-                            num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0)
+        loader = DataLoader(
+            steps,
+            batch_size=None,
+            sampler=_StepSampler(start_step * cfg.train.accum_steps),
+            num_workers=cfg.data.num_workers,
+            persistent_workers=cfg.data.num_workers > 0,
+        )
         return iter(loader)
     return _shard_batches(cfg, builder, start_step, ctx)
 
@@ -144,14 +158,25 @@ def build_train_batches(cfg: TrainConfig, tokenizer: Tokenizer, start_step: int,
 def _shard_batches(cfg: TrainConfig, builder, start_step: int, ctx) -> Iterator[dict]:
     from open_tips.data.shards import ShardDataset
 
-    dataset = ShardDataset(cfg.data.source, rank=ctx.rank, world_size=ctx.world_size,
-                           shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.train.seed, resample=cfg.data.resample)
+    dataset = ShardDataset(
+        cfg.data.source,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        shuffle_buffer=cfg.data.shuffle_buffer,
+        seed=cfg.train.seed,
+        resample=cfg.data.resample,
+    )
     skip = start_step * cfg.train.accum_steps
     epoch = 0
     while True:
         dataset.set_epoch(epoch)
-        loader = DataLoader(dataset, batch_size=cfg.data.batch_size, collate_fn=builder,
-                            num_workers=cfg.data.num_workers, drop_last=True)
+        loader = DataLoader(
+            dataset,
+            batch_size=cfg.data.batch_size,
+            collate_fn=builder,
+            num_workers=cfg.data.num_workers,
+            drop_last=True,
+        )
         produced = 0
         for batch in loader:
             produced += 1
@@ -160,6 +185,8 @@ def _shard_batches(cfg: TrainConfig, builder, start_step: int, ctx) -> Iterator[
                 continue
             yield batch
         if produced == 0:
-            raise RuntimeError(f"data source {cfg.data.source!r} produced no complete batch "
-                               f"(batch size {cfg.data.batch_size}); check the shards and the skip counts")
+            raise RuntimeError(
+                f"data source {cfg.data.source!r} produced no complete batch "
+                f"(batch size {cfg.data.batch_size}); check the shards and the skip counts"
+            )
         epoch += 1

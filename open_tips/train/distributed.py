@@ -74,8 +74,13 @@ def init_distributed(cfg: DistributedSection) -> DistContext:
     return DistContext(enabled=True, rank=rank, world_size=world, local_rank=local_rank, device=device)
 
 
-def wrap(objective: nn.Module, cfg: DistributedSection, ctx: DistContext, device: torch.device,
-         precision: str = "fp32") -> nn.Module:
+def wrap(
+    objective: nn.Module,
+    cfg: DistributedSection,
+    ctx: DistContext,
+    device: torch.device,
+    precision: str = "fp32",
+) -> nn.Module:
     if not ctx.enabled:
         return objective
     strategy = "ddp" if cfg.strategy == "auto" else cfg.strategy
@@ -85,8 +90,11 @@ def wrap(objective: nn.Module, cfg: DistributedSection, ctx: DistContext, device
         # Centers are all-reduced inside the losses, so buffers need no broadcast; unused parameters occur
         # when a loss is switched off (e.g. mask_token without MIM).
         return DistributedDataParallel(
-            objective, device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False, find_unused_parameters=True)
+            objective,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False,
+            find_unused_parameters=True,
+        )
     if strategy == "fsdp":
         from open_tips.train.fsdp import apply_fsdp
 
@@ -128,12 +136,15 @@ def full_state(objective: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[
     )
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return (get_model_state_dict(objective, options=options),
-            get_optimizer_state_dict(objective, optimizer, options=options))
+    return (
+        get_model_state_dict(objective, options=options),
+        get_optimizer_state_dict(objective, optimizer, options=options),
+    )
 
 
-def load_full_state(objective: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,
-                    optimizer_state: dict) -> None:
+def load_full_state(
+    objective: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optimizer_state: dict
+) -> None:
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         set_model_state_dict,

@@ -54,8 +54,10 @@ def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> TIPSModel:
         if model.text is None:
             raise ValueError(f"{cfg.model.init_from}: training needs a text tower")
         if model.cfg.text.vocab_size < tokenizer.vocab_size:
-            raise ValueError(f"tokenizer has {tokenizer.vocab_size} pieces but {cfg.model.init_from} only "
-                             f"{model.cfg.text.vocab_size} token embeddings")
+            raise ValueError(
+                f"tokenizer has {tokenizer.vocab_size} pieces but {cfg.model.init_from} only "
+                f"{model.cfg.text.vocab_size} token embeddings"
+            )
         model.train()
         return model
     model_cfg = get_config(cfg.model.name)
@@ -69,7 +71,9 @@ def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> TIPSModel:
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
+    }
 
 
 def _autocast(precision: str, device: torch.device):
@@ -132,10 +136,18 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
     metrics = MetricsLogger(run_dir, enabled=ctx.is_main)
     metrics.truncate_after(start_step)
     total_steps = cfg.train.steps
-    end_step = total_steps if max_steps_this_run is None else min(total_steps, start_step + max_steps_this_run)
+    end_step = (
+        total_steps if max_steps_this_run is None else min(total_steps, start_step + max_steps_this_run)
+    )
     batches = build_train_batches(cfg, tokenizer, start_step, ctx)
-    progress = tqdm(total=total_steps, initial=start_step, disable=not ctx.is_main, dynamic_ncols=True,
-                    desc="train", mininterval=1.0)
+    progress = tqdm(
+        total=total_steps,
+        initial=start_step,
+        disable=not ctx.is_main,
+        dynamic_ncols=True,
+        desc="train",
+        mininterval=1.0,
+    )
     consecutive_nonfinite = 0
     skip_by_worker: dict[str, dict[str, int]] = {}
     images_seen = 0
@@ -148,7 +160,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
         payload = {
             "step": step,
             "objective": objective_state,
-            "model": {k[len("model."):]: v for k, v in objective_state.items() if k.startswith("model.")},
+            "model": {k[len("model.") :]: v for k, v in objective_state.items() if k.startswith("model.")},
             "model_config": model.cfg.to_dict(),
             "optimizer": optimizer_state,
             "scaler": scaler.state_dict(),
@@ -169,8 +181,9 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
         lr = warmup_cosine(step, total_steps, cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps)
         wd = cosine(step, total_steps, cfg.optim.weight_decay, cfg.optim.weight_decay_end)
         momentum = cosine(step, total_steps, cfg.teacher.momentum_start, cfg.teacher.momentum_end)
-        teacher_temp = linear_warmup(step, cfg.loss.teacher_temp_warmup_steps, cfg.loss.warmup_teacher_temp,
-                                     cfg.loss.teacher_temp)
+        teacher_temp = linear_warmup(
+            step, cfg.loss.teacher_temp_warmup_steps, cfg.loss.warmup_teacher_temp, cfg.loss.teacher_temp
+        )
         set_schedules(optimizer, lr, wd)
 
         sums: dict[str, float] = {}
@@ -199,7 +212,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
                 metrics.close()
                 raise NonFiniteLossError(
                     f"{consecutive_nonfinite} consecutive non-finite losses at step {step}; stopping. "
-                    f"The last good checkpoint is kept in {ckpt_dir}.")
+                    f"The last good checkpoint is kept in {ckpt_dir}."
+                )
             progress.update(1)
             continue
         consecutive_nonfinite = 0
@@ -216,9 +230,14 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
         optimizer.zero_grad(set_to_none=True)
         objective.update_teacher(momentum)
 
-        last_metrics = {**sums, "lr": lr, "weight_decay": wd, "teacher_momentum": momentum,
-                        "teacher_temp": teacher_temp,
-                        "grad_norm": float(grad_norm)}
+        last_metrics = {
+            **sums,
+            "lr": lr,
+            "weight_decay": wd,
+            "teacher_momentum": momentum,
+            "teacher_temp": teacher_temp,
+            "grad_norm": float(grad_norm),
+        }
         for reason, count in _total_skips(skip_by_worker, ctx).items():
             last_metrics[f"skipped_{reason}"] = count
         if (step + 1) % cfg.train.log_every == 0 or step == start_step or step + 1 == total_steps:
@@ -227,8 +246,9 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
             last_metrics["images_per_s_per_rank"] = images_seen / elapsed / ctx.world_size
             images_seen, window_start = 0, time.perf_counter()
             metrics.log(step, last_metrics)
-        progress.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in sums.items()} | {"lr": f"{lr:.1e}"},
-                             refresh=False)
+        progress.set_postfix(
+            {k.replace("loss_", ""): f"{v:.3f}" for k, v in sums.items()} | {"lr": f"{lr:.1e}"}, refresh=False
+        )
         progress.update(1)
         if (step + 1) % cfg.train.save_every == 0 and step + 1 < end_step:
             save(step + 1)
@@ -236,9 +256,14 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
     final_step = end_step
     final_payload = save(final_step)
     progress.close()
-    summary: dict[str, Any] = {"run_dir": str(run_dir), "steps": final_step, "nonfinite_steps": nonfinite_total,
-                               "last": last_metrics, "finished": final_step >= total_steps,
-                               "skipped_samples": _total_skips(skip_by_worker, ctx)}
+    summary: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "steps": final_step,
+        "nonfinite_steps": nonfinite_total,
+        "last": last_metrics,
+        "finished": final_step >= total_steps,
+        "skipped_samples": _total_skips(skip_by_worker, ctx),
+    }
     if final_step >= total_steps and ctx.is_main:
         export_dir = run_dir / "final"
         # Export from the full state so that sharded (FSDP) runs export the same way as single-process ones.
@@ -271,7 +296,7 @@ def _evaluate(model: TIPSModel, run_dir: Path, cfg: TrainConfig, device: torch.d
         log.warning("evaluation suite not available; skipping the end-of-run report")
         return None
     model.eval()
-    results = evaluate_builtin(model, run_dir / "eval", image_size=cfg.data.global_size, device=device,
-                               seed=cfg.train.seed)
+    results = evaluate_builtin(
+        model, run_dir / "eval", image_size=cfg.data.global_size, device=device, seed=cfg.train.seed
+    )
     return results if isinstance(results, dict) else None
-

@@ -24,8 +24,11 @@ class MetricsLogger:
         """On resume, drop lines past the checkpoint's step so the file equals an uninterrupted run's."""
         if not self.enabled or not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", -1) < step]
+        kept = [
+            line
+            for line in self.path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", -1) < step
+        ]
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def log(self, step: int, values: dict[str, Any]) -> None:

@@ -37,17 +37,32 @@ class TIPSObjective(nn.Module):
         loss = cfg.loss
         self.model = model
         width = model.cfg.vision.width
-        head_kwargs = dict(out_dim=loss.head_out_dim, hidden_dim=loss.head_hidden_dim,
-                           bottleneck_dim=loss.head_bottleneck_dim, nlayers=loss.head_layers)
+        head_kwargs = dict(
+            out_dim=loss.head_out_dim,
+            hidden_dim=loss.head_hidden_dim,
+            bottleneck_dim=loss.head_bottleneck_dim,
+            nlayers=loss.head_layers,
+        )
         self.dino_head = DINOHead(width, **head_kwargs) if loss.distill else None
         self.ibot_head = DINOHead(width, **head_kwargs) if loss.mim else None
-        self.dino_loss = DINOLoss(loss.head_out_dim, student_temp=loss.student_temp,
-                                  center_momentum=loss.center_momentum) if loss.distill else None
-        self.ibot_loss = IBOTPatchLoss(loss.head_out_dim, student_temp=loss.student_temp,
-                                       center_momentum=loss.center_momentum) if loss.mim else None
+        self.dino_loss = (
+            DINOLoss(loss.head_out_dim, student_temp=loss.student_temp, center_momentum=loss.center_momentum)
+            if loss.distill
+            else None
+        )
+        self.ibot_loss = (
+            IBOTPatchLoss(
+                loss.head_out_dim, student_temp=loss.student_temp, center_momentum=loss.center_momentum
+            )
+            if loss.mim
+            else None
+        )
         self.siglip_bias = nn.Parameter(torch.tensor([-10.0])) if loss.contrastive == "sigmoid" else None
-        self.teacher = Teacher(cfg.teacher.kind, model.vision, self.dino_head, self.ibot_head) \
-            if (loss.distill or loss.mim) else None
+        self.teacher = (
+            Teacher(cfg.teacher.kind, model.vision, self.dino_head, self.ibot_head)
+            if (loss.distill or loss.mim)
+            else None
+        )
 
     # -- pieces -------------------------------------------------------------------------------------------
     def _contrastive(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -69,14 +84,19 @@ class TIPSObjective(nn.Module):
         masks = batch["masks"] if cfg.mim else None
         out: dict[str, torch.Tensor] = {}
 
-        need_clean = (cfg.contrastive_view == "clean" or not cfg.mim
-                      or (self.teacher is not None and self.teacher.kind == "head_ema"))
+        need_clean = (
+            cfg.contrastive_view == "clean"
+            or not cfg.mim
+            or (self.teacher is not None and self.teacher.kind == "head_ema")
+        )
         clean = vision.forward_tokens(global_crops) if need_clean else None
         masked = vision.forward_tokens(global_crops, masks) if cfg.mim else None
         contrast = clean if (cfg.contrastive_view == "clean" or masked is None) else masked
 
         # Text: one tower for both captions; per-token features kept for SPARC.
-        need_synthetic = cfg.pairs in ("dual", "synthetic") or (cfg.sparc_weight > 0 and cfg.sparc_caption == "synthetic")
+        need_synthetic = cfg.pairs in ("dual", "synthetic") or (
+            cfg.sparc_weight > 0 and cfg.sparc_caption == "synthetic"
+        )
         need_web = cfg.pairs in ("dual", "web") or (cfg.sparc_weight > 0 and cfg.sparc_caption == "web")
         text_tokens, text_emb = {}, {}
         for kind, needed in (("web", need_web), ("synthetic", need_synthetic)):
@@ -104,8 +124,9 @@ class TIPSObjective(nn.Module):
                 num_local = self.cfg.data.num_local
                 losses = []
                 teacher_logits_all = []
-                for teacher_cls, student_cls in zip(_select_cls(teacher_tokens, cfg.distill_cls),
-                                                    _select_cls(local_tokens, cfg.distill_cls)):
+                for teacher_cls, student_cls in zip(
+                    _select_cls(teacher_tokens, cfg.distill_cls), _select_cls(local_tokens, cfg.distill_cls)
+                ):
                     with torch.no_grad():
                         teacher_logits = self.teacher.dino_head(teacher_cls)
                         teacher_probs = self.dino_loss.softmax_center_teacher(teacher_logits, teacher_temp)
@@ -118,17 +139,21 @@ class TIPSObjective(nn.Module):
             if cfg.mim:
                 with torch.no_grad():
                     teacher_patch_logits = self.teacher.ibot_head(teacher_tokens[:, PREFIX:])
-                    teacher_patch_probs = self.ibot_loss.softmax_center_teacher(teacher_patch_logits, teacher_temp)
+                    teacher_patch_probs = self.ibot_loss.softmax_center_teacher(
+                        teacher_patch_logits, teacher_temp
+                    )
                 student_patch_logits = self.ibot_head(masked[:, PREFIX:])
-                out["loss_mask"] = self.ibot_loss(student_patch_logits, teacher_patch_probs, masks,
-                                                  all_tokens=cfg.ibot_all_tokens)
+                out["loss_mask"] = self.ibot_loss(
+                    student_patch_logits, teacher_patch_probs, masks, all_tokens=cfg.ibot_all_tokens
+                )
                 total = total + cfg.mask_weight * out["loss_mask"]
                 self.ibot_loss.update_center(teacher_patch_logits)
 
         if cfg.sparc_weight > 0:
             kind = cfg.sparc_caption
-            out["loss_sparc"] = sparc_loss(contrast[:, PREFIX:], text_tokens[kind], batch[f"{kind}_padding"],
-                                           self.model.temperature)
+            out["loss_sparc"] = sparc_loss(
+                contrast[:, PREFIX:], text_tokens[kind], batch[f"{kind}_padding"], self.model.temperature
+            )
             total = total + cfg.sparc_weight * out["loss_sparc"]
         if cfg.koleo_weight > 0:
             out["loss_koleo"] = koleo_loss(contrast[:, 0])

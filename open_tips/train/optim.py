@@ -8,8 +8,16 @@ from torch import nn
 
 from open_tips.train.config import OptimSection
 
-_NO_DECAY_NAMES = ("pos_embed", "cls_token", "register_tokens", "mask_token", "log_temperature", "siglip_bias",
-                   "gamma", "token_embedding")
+_NO_DECAY_NAMES = (
+    "pos_embed",
+    "cls_token",
+    "register_tokens",
+    "mask_token",
+    "log_temperature",
+    "siglip_bias",
+    "gamma",
+    "token_embedding",
+)
 
 
 def param_groups(module: nn.Module, cfg: OptimSection) -> list[dict]:
@@ -23,7 +31,13 @@ def param_groups(module: nn.Module, cfg: OptimSection) -> list[dict]:
         groups.setdefault((decay, lr_mult), []).append(param)
         names.setdefault((decay, lr_mult), []).append(name)
     return [
-        {"params": params, "apply_wd": decay, "lr_mult": lr_mult, "weight_decay": 0.0, "names": names[(decay, lr_mult)]}
+        {
+            "params": params,
+            "apply_wd": decay,
+            "lr_mult": lr_mult,
+            "weight_decay": 0.0,
+            "names": names[(decay, lr_mult)],
+        }
         for (decay, lr_mult), params in groups.items()
     ]
 

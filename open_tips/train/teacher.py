@@ -22,8 +22,9 @@ def _frozen_copy(module: nn.Module | None) -> nn.Module | None:
 
 
 class Teacher(nn.Module):
-    def __init__(self, kind: str, vision: nn.Module, dino_head: nn.Module | None,
-                 ibot_head: nn.Module | None) -> None:
+    def __init__(
+        self, kind: str, vision: nn.Module, dino_head: nn.Module | None, ibot_head: nn.Module | None
+    ) -> None:
         super().__init__()
         if kind not in ("full_ema", "head_ema"):
             raise ValueError(f"teacher kind must be full_ema or head_ema, got {kind!r}")
@@ -40,11 +41,14 @@ class Teacher(nn.Module):
         return [(t, s) for t, s in pairs if t is not None]
 
     @torch.no_grad()
-    def update(self, momentum: float, vision: nn.Module, dino_head: nn.Module | None,
-               ibot_head: nn.Module | None) -> None:
+    def update(
+        self, momentum: float, vision: nn.Module, dino_head: nn.Module | None, ibot_head: nn.Module | None
+    ) -> None:
         teacher_params, student_params = [], []
         for teacher, student in self.pairs(vision, dino_head, ibot_head):
-            for (t_name, t_param), (s_name, s_param) in zip(teacher.named_parameters(), student.named_parameters()):
+            for (t_name, t_param), (s_name, s_param) in zip(
+                teacher.named_parameters(), student.named_parameters()
+            ):
                 if t_name != s_name:
                     raise RuntimeError(f"teacher/student parameter mismatch: {t_name} vs {s_name}")
                 teacher_params.append(t_param)

@@ -49,8 +49,13 @@ def write_tar(path: Path, samples: list[list[tuple[str, bytes]]]) -> Path:
     return path
 
 
-def sample_members(key: str, jpeg: bytes, web: str | None = "a photo", synthetic: list | None = None,
-                   extra: dict | None = None) -> list[tuple[str, bytes]]:
+def sample_members(
+    key: str,
+    jpeg: bytes,
+    web: str | None = "a photo",
+    synthetic: list | None = None,
+    extra: dict | None = None,
+) -> list[tuple[str, bytes]]:
     meta: dict = {} if web is None else {"web_caption": web}
     if synthetic is not None:
         meta["synthetic_captions"] = synthetic
@@ -58,10 +63,15 @@ def sample_members(key: str, jpeg: bytes, web: str | None = "a photo", synthetic
     return [(f"{key}.jpg", jpeg), (f"{key}.json", json.dumps(meta).encode())]
 
 
-def make_shards(folder: Path, jpegs: list[tuple[str, bytes]], per_shard: int, prefix: str = "in") -> list[Path]:
+def make_shards(
+    folder: Path, jpegs: list[tuple[str, bytes]], per_shard: int, prefix: str = "in"
+) -> list[Path]:
     paths = []
     for index, start in enumerate(range(0, len(jpegs), per_shard)):
-        samples = [sample_members(key, data, web=f"web caption of {key}") for key, data in jpegs[start:start + per_shard]]
+        samples = [
+            sample_members(key, data, web=f"web caption of {key}")
+            for key, data in jpegs[start : start + per_shard]
+        ]
         paths.append(write_tar(folder / f"{prefix}-{index:06d}.tar", samples))
     return paths
 

@@ -59,8 +59,12 @@ def test_prompt_layout_follows_the_processor(tiny_model: Path) -> None:
     captioner.processor.chat_template = (
         "{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{% for c in m['content'] %}"
         "{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}<end_of_turn>\n"
-        "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
-    assert captioner.layout("Describe it.") == "<start_of_turn>user\n<image>Describe it.<end_of_turn>\n<start_of_turn>model\n"
+        "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+    )
+    assert (
+        captioner.layout("Describe it.")
+        == "<start_of_turn>user\n<image>Describe it.<end_of_turn>\n<start_of_turn>model\n"
+    )
     captioner.prompt_style = "raw"
     assert captioner.layout("a photo of") == "<image>a photo of"
 
@@ -70,9 +74,14 @@ def test_generation_is_batched_and_cleaned(tiny_model: Path, coco_jpegs) -> None
     images = [Image.open(io.BytesIO(data)).convert("RGB") for _, data in coco_jpegs[:3]]
     settings = DecodeSettings(max_new_tokens=6, max_caption_tokens=4)
     batch = captioner.generate(images, ["caption en", "describe en", "caption en"], settings)
-    single = [captioner.generate([image], [p], settings)[0] for image, p in zip(images, ["caption en", "describe en", "caption en"])]
+    single = [
+        captioner.generate([image], [p], settings)[0]
+        for image, p in zip(images, ["caption en", "describe en", "caption en"])
+    ]
     assert batch == single  # left padding does not change greedy outputs
-    assert all(text and len(captioner.tokenizer(text, add_special_tokens=False)["input_ids"]) <= 4 for text in batch)
+    assert all(
+        text and len(captioner.tokenizer(text, add_special_tokens=False)["input_ids"]) <= 4 for text in batch
+    )
 
 
 def test_missing_model_says_how_to_get_it(tmp_path: Path) -> None:
@@ -87,7 +96,9 @@ def test_missing_model_says_how_to_get_it(tmp_path: Path) -> None:
 
 def test_units_from_patterns_globs_and_folders(tmp_path: Path, coco_jpegs) -> None:
     make_shards(tmp_path / "a", coco_jpegs[:6], 2)
-    units = discover_units([str(tmp_path / "a" / "in-{000000..000001}.tar"), str(tmp_path / "a" / "in-*2.tar")])
+    units = discover_units(
+        [str(tmp_path / "a" / "in-{000000..000001}.tar"), str(tmp_path / "a" / "in-*2.tar")]
+    )
     assert [u.name for u in units] == ["in-000000", "in-000001", "in-000002"]
     assert units[0].size_hint() == 2
     assert unit_name_for("pipe:curl -s https://host/x/train-000007.tar.gz") == "train-000007"
@@ -122,7 +133,9 @@ def test_decode_image_reasons(coco_jpegs) -> None:
 
 
 def test_rewrite_conditions_on_the_latest_other_caption() -> None:
-    sample = Sample(RawSample("k"), meta={"synthetic_captions": ["old", {"text": "older rewrite", "template": "rewrite"}]})
+    sample = Sample(
+        RawSample("k"), meta={"synthetic_captions": ["old", {"text": "older rewrite", "template": "rewrite"}]}
+    )
     assert sample.latest_synthetic(exclude="rewrite") == "old"
     sample.new.append({"text": "fresh detailed", "template": "detailed", "model": "m"})
     assert sample.latest_synthetic(exclude="rewrite") == "fresh detailed"

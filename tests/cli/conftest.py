@@ -67,7 +67,9 @@ def notebook_pixels(path: Path, size: int, patch: int = 14) -> tuple[torch.Tenso
     Returns (pixels [1, 3, H, W], original (height, width))."""
     image = open_rgb(path)
     width, height = image.size
-    new_w, new_h = (size, int(size * height / width)) if width < height else (int(size * width / height), size)
+    new_w, new_h = (
+        (size, int(size * height / width)) if width < height else (int(size * width / height), size)
+    )
     pixels = TF.to_dtype(TF.to_image(image.resize((new_w, new_h), Image.BICUBIC)), torch.float32, scale=True)
     aligned = (math.ceil(new_h / patch) * patch, math.ceil(new_w / patch) * patch)
     return F.interpolate(pixels[None], size=aligned, mode="bicubic", align_corners=False), (height, width)

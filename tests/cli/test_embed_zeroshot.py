@@ -17,8 +17,23 @@ CLASSES = ["cat", "dog", "person", "car", "pizza"]
 
 def test_embed_npz_skips_corrupt_image(checkpoint, model, images, tmp_path, capsys):
     out = tmp_path / "emb.npz"
-    assert main(["embed", str(images), "--checkpoint", str(checkpoint), "--output", str(out), "--patch-tokens",
-                 "--batch-size", "2", *COMMON]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                str(images),
+                "--checkpoint",
+                str(checkpoint),
+                "--output",
+                str(out),
+                "--patch-tokens",
+                "--batch-size",
+                "2",
+                *COMMON,
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "skipped 1 unreadable image" in printed and "broken.jpg" in printed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.npz"]  # no temporary file left behind
@@ -38,8 +53,22 @@ def test_embed_npz_skips_corrupt_image(checkpoint, model, images, tmp_path, caps
 def test_embed_safetensors_normalised_with_workers(checkpoint, images, tmp_path):
     plain, workers = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     for out, extra in ((plain, []), (workers, ["--workers", "2", "--batch-size", "3"])):
-        assert main(["embed", str(images), "--checkpoint", str(checkpoint), "--output", str(out), "--normalize",
-                     *extra, *COMMON]) == 0
+        assert (
+            main(
+                [
+                    "embed",
+                    str(images),
+                    "--checkpoint",
+                    str(checkpoint),
+                    "--output",
+                    str(out),
+                    "--normalize",
+                    *extra,
+                    *COMMON,
+                ]
+            )
+            == 0
+        )
     with safe_open(str(plain), "np") as a, safe_open(str(workers), "np") as b:
         assert set(a.keys()) == {"cls_web", "cls_synthetic"}
         paths = json.loads(a.metadata()["paths"])
@@ -52,13 +81,37 @@ def test_embed_safetensors_normalised_with_workers(checkpoint, images, tmp_path)
 
 def test_embed_keep_aspect(checkpoint, images, tmp_path):
     out = tmp_path / "aspect.npz"
-    assert main(["embed", *map(str, good_images(images)), "--checkpoint", str(checkpoint), "--output", str(out),
-                 "--keep-aspect", *COMMON]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                *map(str, good_images(images)),
+                "--checkpoint",
+                str(checkpoint),
+                "--output",
+                str(out),
+                "--keep-aspect",
+                *COMMON,
+            ]
+        )
+        == 0
+    )
     assert np.load(out)["cls_web"].shape == (NUM_IMAGES, 64)
     # landscape and portrait photos give different patch grids: one patch_tokens array cannot hold them
     with pytest.raises(SystemExit):
-        main(["embed", str(images), "--checkpoint", str(checkpoint), "--output", str(tmp_path / "x.npz"),
-              "--keep-aspect", "--patch-tokens", *COMMON])
+        main(
+            [
+                "embed",
+                str(images),
+                "--checkpoint",
+                str(checkpoint),
+                "--output",
+                str(tmp_path / "x.npz"),
+                "--keep-aspect",
+                "--patch-tokens",
+                *COMMON,
+            ]
+        )
     assert not (tmp_path / "x.npz").exists()
 
 
@@ -73,15 +126,36 @@ def _direct_class_embeddings(model, names, templates):
 
 
 def test_class_embeddings_definition(model):
-    np.testing.assert_allclose(class_embeddings(model, CLASSES, TIPS_TEMPLATES).numpy(),
-                               _direct_class_embeddings(model, CLASSES, TIPS_TEMPLATES).numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        class_embeddings(model, CLASSES, TIPS_TEMPLATES).numpy(),
+        _direct_class_embeddings(model, CLASSES, TIPS_TEMPLATES).numpy(),
+        atol=1e-5,
+    )
 
 
 @pytest.mark.parametrize("which", ["web", "mean"])
 def test_zeroshot_matches_api(checkpoint, model, images, tmp_path, which):
     out = tmp_path / "zs.json"
-    assert main(["zeroshot", str(images), "--checkpoint", str(checkpoint), "--classes", ",".join(CLASSES),
-                 "--cls", which, "--top-k", str(len(CLASSES)), "--output", str(out), *COMMON]) == 0
+    assert (
+        main(
+            [
+                "zeroshot",
+                str(images),
+                "--checkpoint",
+                str(checkpoint),
+                "--classes",
+                ",".join(CLASSES),
+                "--cls",
+                which,
+                "--top-k",
+                str(len(CLASSES)),
+                "--output",
+                str(out),
+                *COMMON,
+            ]
+        )
+        == 0
+    )
     results = json.loads(out.read_text())
     assert results["classes"] == CLASSES and results["templates"] == TIPS_TEMPLATES
     assert len(results["results"]) == NUM_IMAGES
@@ -107,13 +181,42 @@ def test_zeroshot_templates_file_top_k_and_errors(checkpoint, images, tmp_path, 
     classes = tmp_path / "classes.txt"
     classes.write_text("cat\ndog\ncar\n")
     out = tmp_path / "zs.json"
-    assert main(["zeroshot", str(good_images(images)[0]), "--checkpoint", str(checkpoint), "--classes-file",
-                 str(classes), "--templates", str(templates), "--top-k", "2", "--output", str(out), *COMMON]) == 0
+    assert (
+        main(
+            [
+                "zeroshot",
+                str(good_images(images)[0]),
+                "--checkpoint",
+                str(checkpoint),
+                "--classes-file",
+                str(classes),
+                "--templates",
+                str(templates),
+                "--top-k",
+                "2",
+                "--output",
+                str(out),
+                *COMMON,
+            ]
+        )
+        == 0
+    )
     results = json.loads(out.read_text())
     assert results["templates"] == ["a photo of a {}.", "a drawing of a {}."]
     assert len(results["results"][0]["ranked"]) == 2
     templates.write_text("no placeholder\n")
     with pytest.raises(SystemExit):
-        main(["zeroshot", str(images), "--checkpoint", str(checkpoint), "--classes", "a,b",
-              "--templates", str(templates), *COMMON])
+        main(
+            [
+                "zeroshot",
+                str(images),
+                "--checkpoint",
+                str(checkpoint),
+                "--classes",
+                "a,b",
+                "--templates",
+                str(templates),
+                *COMMON,
+            ]
+        )
     assert "placeholder" in capsys.readouterr().err

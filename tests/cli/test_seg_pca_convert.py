@@ -19,8 +19,22 @@ CLASSES = ["cat", "dog", "person", "car", "pizza"]
 
 def test_zeroshot_seg_whole_matches_direct_argmax(checkpoint, model, images, tmp_path, capsys):
     out = tmp_path / "seg"
-    assert main(["zeroshot-seg", str(images), "--checkpoint", str(checkpoint), "--classes", ",".join(CLASSES),
-                 "--output-dir", str(out), *COMMON]) == 0
+    assert (
+        main(
+            [
+                "zeroshot-seg",
+                str(images),
+                "--checkpoint",
+                str(checkpoint),
+                "--classes",
+                ",".join(CLASSES),
+                "--output-dir",
+                str(out),
+                *COMMON,
+            ]
+        )
+        == 0
+    )
     assert "skipped 1 unreadable image" in capsys.readouterr().out
     classes = class_embeddings(model, CLASSES, TIPS_TEMPLATES)
     for path in good_images(images):
@@ -45,18 +59,54 @@ def test_zeroshot_seg_whole_matches_direct_argmax(checkpoint, model, images, tmp
 def test_zeroshot_seg_slide_and_square(checkpoint, images, tmp_path):
     path = good_images(images)[0]
     width, height = open_rgb(path).size
-    assert main(["zeroshot-seg", str(path), "--checkpoint", str(checkpoint), "--classes", ",".join(CLASSES),
-                 "--mode", "slide", "--output-dir", str(tmp_path / "slide"), *COMMON]) == 0
+    assert (
+        main(
+            [
+                "zeroshot-seg",
+                str(path),
+                "--checkpoint",
+                str(checkpoint),
+                "--classes",
+                ",".join(CLASSES),
+                "--mode",
+                "slide",
+                "--output-dir",
+                str(tmp_path / "slide"),
+                *COMMON,
+            ]
+        )
+        == 0
+    )
     labels = np.asarray(Image.open(tmp_path / "slide" / f"{path.stem}_labels.png"))
     assert labels.shape == (height, width) and labels.max() < len(CLASSES)
     meta = json.loads((tmp_path / "slide" / f"{path.stem}_labels.json").read_text())
     assert min(meta["input_size"]) == 56 and meta["mode"] == "slide"
-    assert main(["zeroshot-seg", str(path), "--checkpoint", str(checkpoint), "--classes", ",".join(CLASSES),
-                 "--no-keep-aspect", "--output-dir", str(tmp_path / "square"), *COMMON]) == 0
-    assert json.loads((tmp_path / "square" / f"{path.stem}_labels.json").read_text())["input_size"] == [56, 56]
+    assert (
+        main(
+            [
+                "zeroshot-seg",
+                str(path),
+                "--checkpoint",
+                str(checkpoint),
+                "--classes",
+                ",".join(CLASSES),
+                "--no-keep-aspect",
+                "--output-dir",
+                str(tmp_path / "square"),
+                *COMMON,
+            ]
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "square" / f"{path.stem}_labels.json").read_text())["input_size"] == [
+        56,
+        56,
+    ]
 
 
-def _notebook_slide(model, image: torch.Tensor, classes: torch.Tensor, side: int, stride: int) -> torch.Tensor:
+def _notebook_slide(
+    model, image: torch.Tensor, classes: torch.Tensor, side: int, stride: int
+) -> torch.Tensor:
     """The notebook's predict_slide, written out: per window, cosines upsampled to the window, softmax over
     classes (no temperature), summed and divided by the number of windows covering each pixel."""
     _, height, width = image.shape
@@ -72,7 +122,9 @@ def _notebook_slide(model, image: torch.Tensor, classes: torch.Tensor, side: int
             with torch.no_grad():
                 dense = F.normalize(model.vision.forward_value_trick(crop).patch_tokens[0], dim=-1)
             cosine = torch.einsum("cd,hwd->chw", classes, dense)
-            cosine = F.interpolate(cosine[None], size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False)[0]
+            cosine = F.interpolate(
+                cosine[None], size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False
+            )[0]
             probs[:, y1:y2, x1:x2] += cosine.softmax(dim=0)
             counts[y1:y2, x1:x2] += 1
     return probs / counts
@@ -86,13 +138,39 @@ def test_sliding_window_matches_notebook(checkpoint, model, images, tmp_path):
     classes = class_embeddings(model, CLASSES, TIPS_TEMPLATES)
     pixels, image = load_image_short_side(path, 70)
     expected = _notebook_slide(model, pixels, classes, side=56, stride=42)  # 70 x 93: 2 x 2 windows
-    torch.testing.assert_close(sliding_window_probs(model, pixels[None], classes, 56, 42, batch_size=3), expected,
-                               atol=1e-5, rtol=1e-5)
-    assert main(["zeroshot-seg", str(path), "--checkpoint", str(checkpoint), "--classes", ",".join(CLASSES),
-                 "--mode", "slide", "--window", "56", "--stride", "42", "--output-dir", str(tmp_path),
-                 *COMMON[:-1], "70"]) == 0
+    torch.testing.assert_close(
+        sliding_window_probs(model, pixels[None], classes, 56, 42, batch_size=3),
+        expected,
+        atol=1e-5,
+        rtol=1e-5,
+    )
+    assert (
+        main(
+            [
+                "zeroshot-seg",
+                str(path),
+                "--checkpoint",
+                str(checkpoint),
+                "--classes",
+                ",".join(CLASSES),
+                "--mode",
+                "slide",
+                "--window",
+                "56",
+                "--stride",
+                "42",
+                "--output-dir",
+                str(tmp_path),
+                *COMMON[:-1],
+                "70",
+            ]
+        )
+        == 0
+    )
     labels = np.asarray(Image.open(tmp_path / f"{path.stem}_labels.png"))
-    direct = F.interpolate(expected[None], size=labels.shape, mode="bilinear", align_corners=False)[0].argmax(0)
+    direct = F.interpolate(expected[None], size=labels.shape, mode="bilinear", align_corners=False)[0].argmax(
+        0
+    )
     assert (labels != direct.numpy()).mean() < 1e-3  # equal up to float near-ties (windows run batched)
 
 
@@ -106,15 +184,28 @@ def test_window_starts_follow_the_notebook_grid(length):
     assert starts == expected
     covered = np.zeros(length, bool)
     for start in starts:
-        covered[start:start + window] = True
+        covered[start : start + window] = True
     assert covered.all() and starts[-1] == max(length - window, 0)
 
 
 @pytest.mark.parametrize("keep_aspect", [False, True])
 def test_pca_pictures(checkpoint, model, images, tmp_path, keep_aspect):
     extra = ["--keep-aspect"] if keep_aspect else []
-    assert main(["pca", str(images), "--checkpoint", str(checkpoint), "--output-dir", str(tmp_path), *extra,
-                 *COMMON]) == 0
+    assert (
+        main(
+            [
+                "pca",
+                str(images),
+                "--checkpoint",
+                str(checkpoint),
+                "--output-dir",
+                str(tmp_path),
+                *extra,
+                *COMMON,
+            ]
+        )
+        == 0
+    )
     pictures = {p.name: p for p in tmp_path.glob("*_pca.png")}
     assert sorted(pictures) == [f"{p.stem}_pca.png" for p in good_images(images)]
     for path in good_images(images):
@@ -126,7 +217,7 @@ def test_pca_pictures(checkpoint, model, images, tmp_path, keep_aspect):
         else:
             expected = (56, 56)
         assert picture.shape == (expected[0], 2 * expected[1], 3)
-        right = picture[:, expected[1]:].reshape(-1, 3)
+        right = picture[:, expected[1] :].reshape(-1, 3)
         assert (right.min(axis=0) == 0).all() and (right.max(axis=0) == 255).all()  # min-max scaled each
     if not keep_aspect:  # nearest upsampling: each 14 x 14 patch is one colour, the component of that patch
         path = good_images(images)[0]
@@ -141,14 +232,40 @@ def test_pca_pictures(checkpoint, model, images, tmp_path, keep_aspect):
 
 def test_convert_round_trip(checkpoint, model, tmp_path, capsys):
     hf_dir = tmp_path / "hf"
-    assert main(["convert", "--checkpoint", str(checkpoint), "--output", str(hf_dir), "--config", "tiny",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "--checkpoint",
+                str(checkpoint),
+                "--output",
+                str(hf_dir),
+                "--config",
+                "tiny",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert "max relative error" in capsys.readouterr().out
     assert {p.name for p in hf_dir.iterdir()} == {"config.json", "model.safetensors", "tokenizer.model"}
     back = tmp_path / "back"
     back.mkdir()
-    assert main(["convert", "--checkpoint", str(hf_dir), "--output", str(back / "tips_vision.npz"),
-                 "--device", "cpu"]) == 0  # heads come from config.json; the npz stem is taken from the name
+    assert (
+        main(
+            [
+                "convert",
+                "--checkpoint",
+                str(hf_dir),
+                "--output",
+                str(back / "tips_vision.npz"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )  # heads come from config.json; the npz stem is taken from the name
     assert {p.name for p in back.iterdir()} == {"tips_vision.npz", "tips_text.npz", "tokenizer.model"}
     again = open_tips.load_pretrained(back / "tips_vision.npz", config="tiny")
     assert again.tokenizer is not None
@@ -159,6 +276,7 @@ def test_convert_round_trip(checkpoint, model, tmp_path, capsys):
         a, b = model.encode_image(pixels), again.encode_image(pixels)
         for key in ("cls_web", "cls_synthetic", "patch_tokens"):
             torch.testing.assert_close(getattr(b, key), getattr(a, key), atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(again.encode_text(ids, padding), model.encode_text(ids, padding),
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            again.encode_text(ids, padding), model.encode_text(ids, padding), atol=1e-5, rtol=1e-5
+        )
     assert float(again.temperature.detach()) == pytest.approx(float(model.temperature.detach()), rel=1e-6)

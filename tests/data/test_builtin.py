@@ -15,9 +15,13 @@ from open_tips.data.builtin import (
 
 
 def _same(a: dict, b: dict) -> bool:
-    return (np.array_equal(np.asarray(a["image"]), np.asarray(b["image"]))
-            and np.array_equal(a["segmentation"], b["segmentation"]) and np.array_equal(a["depth"], b["depth"])
-            and a["web_caption"] == b["web_caption"] and a["synthetic_captions"] == b["synthetic_captions"])
+    return (
+        np.array_equal(np.asarray(a["image"]), np.asarray(b["image"]))
+        and np.array_equal(a["segmentation"], b["segmentation"])
+        and np.array_equal(a["depth"], b["depth"])
+        and a["web_caption"] == b["web_caption"]
+        and a["synthetic_captions"] == b["synthetic_captions"]
+    )
 
 
 def test_deterministic_from_seed_and_index():

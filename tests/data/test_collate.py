@@ -13,8 +13,13 @@ from tests.data._toy import toy_tokenizer
 
 
 def _builder(num_local=2, **kw):
-    return TIPSBatchBuilder(toy_tokenizer, MultiCropTransform(56, 28, num_local), MaskGenerator("random", 0.75),
-                            CaptionPolicy(kw.pop("weights", None)), **kw)
+    return TIPSBatchBuilder(
+        toy_tokenizer,
+        MultiCropTransform(56, 28, num_local),
+        MaskGenerator("random", 0.75),
+        CaptionPolicy(kw.pop("weights", None)),
+        **kw,
+    )
 
 
 def test_batch_layout_and_dtypes():
@@ -40,8 +45,10 @@ def test_batch_layout_and_dtypes():
 
 def test_local_crops_are_crop_major():
     colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
-    samples = [{"__key__": str(i), "image": Image.new("RGB", (60, 60), c), "web_caption": "plain colour"}
-               for i, c in enumerate(colours)]
+    samples = [
+        {"__key__": str(i), "image": Image.new("RGB", (60, 60), c), "web_caption": "plain colour"}
+        for i, c in enumerate(colours)
+    ]
     batch = _builder(num_local=2)(samples)
     assert batch["local_crops"].shape == (6, 3, 28, 28)
     for crop in range(2):
@@ -60,7 +67,7 @@ def test_seeds_make_samples_independent_of_the_batch():
     halves = [builder(samples[:2], seeds=[10, 11]), builder(samples[2:], seeds=[12, 13])]
     for key in ("global_crops", "local_crops", "masks", "synthetic_ids"):
         if key == "local_crops":  # crop-major: compare per crop index
-            parts = [torch.cat([h[key][m * 2:(m + 1) * 2] for h in halves]) for m in range(2)]
+            parts = [torch.cat([h[key][m * 2 : (m + 1) * 2] for h in halves]) for m in range(2)]
             assert torch.equal(whole[key], torch.cat(parts))
         else:
             assert torch.equal(whole[key], torch.cat([h[key] for h in halves]))
@@ -74,8 +81,10 @@ def test_seeds_make_samples_independent_of_the_batch():
 
 def test_skip_counts_merge_latest_per_reader():
     image = Image.new("RGB", (40, 40))
-    samples = [{"image": image, "web_caption": "a", "__skip_counts__": {"shards:0:0": {"corrupt_image": 1}}},
-               {"image": image, "web_caption": "b", "__skip_counts__": {"shards:0:1": {"missing_caption": 2}}},
-               {"image": image, "web_caption": "c", "__skip_counts__": {"shards:0:0": {"corrupt_image": 3}}}]
+    samples = [
+        {"image": image, "web_caption": "a", "__skip_counts__": {"shards:0:0": {"corrupt_image": 1}}},
+        {"image": image, "web_caption": "b", "__skip_counts__": {"shards:0:1": {"missing_caption": 2}}},
+        {"image": image, "web_caption": "c", "__skip_counts__": {"shards:0:0": {"corrupt_image": 3}}},
+    ]
     batch = TIPSBatchBuilder(toy_tokenizer, MultiCropTransform(28, 14, 0), MaskGenerator())(samples)
     assert batch["skip_counts"] == {"shards:0:0": {"corrupt_image": 3}, "shards:0:1": {"missing_caption": 2}}

@@ -20,14 +20,16 @@ def _jsonl_folder(root: Path) -> Path:
     BuiltinShapes(2, 32)[0]["image"].save(root / "a.jpg")
     BuiltinShapes(2, 32)[1]["image"].convert("P").save(root / "sub" / "a.png")
     (root / "b.jpg").write_bytes(b"broken")
-    lines = [json.dumps({"image": "a.jpg", "web_caption": "first", "synthetic_captions": ["s1", {"text": "s2"}]}),
-             "{bad json",
-             json.dumps({"image": "b.jpg", "web_caption": "unreadable image"}),
-             json.dumps({"image": "c.jpg"}),
-             json.dumps({"web_caption": "no image path"}),
-             "",
-             json.dumps({"image": "sub/a.png", "web_caption": "  second  ", "source": "x"}),
-             json.dumps({"image": "gone.jpg", "web_caption": "missing file"})]
+    lines = [
+        json.dumps({"image": "a.jpg", "web_caption": "first", "synthetic_captions": ["s1", {"text": "s2"}]}),
+        "{bad json",
+        json.dumps({"image": "b.jpg", "web_caption": "unreadable image"}),
+        json.dumps({"image": "c.jpg"}),
+        json.dumps({"web_caption": "no image path"}),
+        "",
+        json.dumps({"image": "sub/a.png", "web_caption": "  second  ", "source": "x"}),
+        json.dumps({"image": "gone.jpg", "web_caption": "missing file"}),
+    ]
     (root / "captions.jsonl").write_text("\n".join(lines) + "\n")
     return root
 
@@ -66,16 +68,35 @@ def test_coco_layouts():
     assert {c["template"] for c in sample["synthetic_captions"]} == {"coco"}
     assert sample["image"].mode == "RGB" and sample["image"].size == (first["width"], first["height"])
     both = FolderDataset(COCO)  # the COCO root: every split
-    assert len(both) == len(coco) + len(json.loads((COCO / "annotations" / "captions_train2017.json").read_text())[
-        "images"])
+    assert len(both) == len(coco) + len(
+        json.loads((COCO / "annotations" / "captions_train2017.json").read_text())["images"]
+    )
     assert len(CocoCaptionsDataset(COCO_VAL, COCO / "val2017")) == len(coco)
 
 
 def test_make_shards_cli(tmp_path, capsys):
     out = tmp_path / "builtin"
-    assert cli_main(["make-shards", "--input", "builtin:40", "--output", str(out), "--per-shard", "16",
-                     "--image-size", "48"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    assert (
+        cli_main(
+            [
+                "make-shards",
+                "--input",
+                "builtin:40",
+                "--output",
+                str(out),
+                "--per-shard",
+                "16",
+                "--image-size",
+                "48",
+            ]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "shard-000000.tar",
+        "shard-000001.tar",
+        "shard-000002.tar",
+    ]
     assert "shard-{000000..000002}.tar" in capsys.readouterr().out
     samples = list(ShardDataset(str(out / "shard-{000000..000002}.tar"), shuffle_shards=False))
     reference = BuiltinShapes(40, 48, seed=0)
@@ -83,8 +104,22 @@ def test_make_shards_cli(tmp_path, capsys):
     assert samples[0]["image"].size == (48, 48) and samples[0]["labels"] == reference[0]["labels"]
 
     # COCO: the original JPEG bytes are copied, not re-encoded
-    assert cli_main(["make-shards", "--input", str(COCO_VAL), "--output", str(tmp_path / "coco"),
-                     "--per-shard", "50", "--prefix", "val"]) == 0
+    assert (
+        cli_main(
+            [
+                "make-shards",
+                "--input",
+                str(COCO_VAL),
+                "--output",
+                str(tmp_path / "coco"),
+                "--per-shard",
+                "50",
+                "--prefix",
+                "val",
+            ]
+        )
+        == 0
+    )
     shards = sorted((tmp_path / "coco").glob("val-*.tar"))
     assert len(shards) == 2
     with tarfile.open(shards[0]) as tar:
@@ -94,12 +129,25 @@ def test_make_shards_cli(tmp_path, capsys):
     assert len(coco) == len(FolderDataset(COCO_VAL))
 
     # a folder with bad entries: the good ones are written, the rest counted
-    assert cli_main(["make-shards", "--input", str(_jsonl_folder(tmp_path / "folder")),
-                     "--output", str(tmp_path / "f")]) == 0
+    assert (
+        cli_main(
+            [
+                "make-shards",
+                "--input",
+                str(_jsonl_folder(tmp_path / "folder")),
+                "--output",
+                str(tmp_path / "f"),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "'corrupt_image': 1" in printed and "'malformed_json': 1" in printed
-    assert [s["web_caption"] for s in ShardDataset(str(tmp_path / "f" / "shard-000000.tar"),
-                                                   shuffle_shards=False)] == ["first", "second"]
+    assert [
+        s["web_caption"] for s in ShardDataset(str(tmp_path / "f" / "shard-000000.tar"), shuffle_shards=False)
+    ] == ["first", "second"]
 
     assert cli_main(["make-shards", "--input", "builtin:zero", "--output", str(tmp_path / "x")]) == 2
-    assert cli_main(["make-shards", "--input", str(tmp_path / "nowhere"), "--output", str(tmp_path / "x")]) == 2
+    assert (
+        cli_main(["make-shards", "--input", str(tmp_path / "nowhere"), "--output", str(tmp_path / "x")]) == 2
+    )

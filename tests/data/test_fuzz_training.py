@@ -38,8 +38,14 @@ def _bad_members(rng: random.Random, good: Image.Image) -> dict[str, tuple[dict[
         "alpha": ({"png": _encode(good.convert("RGBA"), "PNG"), "json": meta}, None),
         "tiny": ({"png": _encode(Image.new("RGB", (3, 3)), "PNG"), "json": meta}, "image_too_small"),
         "huge": ({"png": _encode(Image.new("RGB", (700, 700)), "PNG"), "json": meta}, "image_too_large"),
-        "no_caption": ({"jpg": jpeg, "json": json.dumps({"synthetic_captions": ["x"]}).encode()}, "missing_caption"),
-        "empty_caption": ({"jpg": jpeg, "json": json.dumps({"web_caption": "   "}).encode()}, "missing_caption"),
+        "no_caption": (
+            {"jpg": jpeg, "json": json.dumps({"synthetic_captions": ["x"]}).encode()},
+            "missing_caption",
+        ),
+        "empty_caption": (
+            {"jpg": jpeg, "json": json.dumps({"web_caption": "   "}).encode()},
+            "missing_caption",
+        ),
         "bad_json": ({"jpg": jpeg, "json": b'{"web_caption": "unterminated'}, "malformed_json"),
         "no_image": ({"json": meta}, "missing_image"),
         "no_json": ({"jpg": jpeg}, "missing_json"),
@@ -53,6 +59,7 @@ def test_training_proceeds_through_bad_data(tmp_path, monkeypatch):
     index = 0
     for shard in range(2):
         with tarfile.open(tmp_path / f"fuzz-{shard:06d}.tar", "w") as tar:
+
             def add(key, members):
                 for ext, data in members.items():
                     info = tarfile.TarInfo(f"{key}.{ext}")
@@ -65,17 +72,32 @@ def test_training_proceeds_through_bad_data(tmp_path, monkeypatch):
                 add(f"{kind}{shard}", members)
                 if reason:
                     expected[reason] = expected.get(reason, 0) + 1
-            for image_path in coco[shard * 4:(shard + 1) * 4]:
+            for image_path in coco[shard * 4 : (shard + 1) * 4]:
                 image = Image.open(image_path).convert("RGB").resize((96, 72))
-                add(f"good{index:05d}", {"jpg": _encode(image, "JPEG"),
-                                         "json": json.dumps({"web_caption": f"coco image {index}"}).encode()})
+                add(
+                    f"good{index:05d}",
+                    {
+                        "jpg": _encode(image, "JPEG"),
+                        "json": json.dumps({"web_caption": f"coco image {index}"}).encode(),
+                    },
+                )
                 index += 1
-    tok = Tokenizer.train([f"coco image {i} a photo a detailed photo" for i in range(50)], tmp_path / "tok",
-                          vocab_size=40)
-    cfg = load_config("tiny", overrides=[
-        f"data.source={tmp_path}/fuzz-{{000000..000001}}.tar", f"data.tokenizer={tok.model_path}",
-        "data.batch_size=4", "data.shuffle_buffer=0", "train.steps=4", "train.evaluate_at_end=false",
-        f"train.output_dir={tmp_path / 'run'}", "train.log_every=1"])
+    tok = Tokenizer.train(
+        [f"coco image {i} a photo a detailed photo" for i in range(50)], tmp_path / "tok", vocab_size=40
+    )
+    cfg = load_config(
+        "tiny",
+        overrides=[
+            f"data.source={tmp_path}/fuzz-{{000000..000001}}.tar",
+            f"data.tokenizer={tok.model_path}",
+            "data.batch_size=4",
+            "data.shuffle_buffer=0",
+            "train.steps=4",
+            "train.evaluate_at_end=false",
+            f"train.output_dir={tmp_path / 'run'}",
+            "train.log_every=1",
+        ],
+    )
     # a lower decompression-bomb limit so that the 700x700 image counts as too large
     original_init = shards.ShardDataset.__init__
 

@@ -35,14 +35,18 @@ def test_block_masks_are_rectangles_not_salt_and_pepper():
     gen = torch.Generator().manual_seed(1)
     blocks = [block_mask((16, 16), 0.4, gen) for _ in range(30)]
     randoms = [random_mask((16, 16), 0.4, gen) for _ in range(30)]
-    assert np.mean([_blockiness(m, 16) for m in blocks]) > 1.5 * np.mean([_blockiness(m, 16) for m in randoms])
+    assert np.mean([_blockiness(m, 16) for m in blocks]) > 1.5 * np.mean(
+        [_blockiness(m, 16) for m in randoms]
+    )
     # a single small block: min_block_patches 4 and a target of 6 patches -> mostly one compact region
     mask = block_mask((14, 14), 6 / 196, torch.Generator().manual_seed(2))
     rows, cols = mask.reshape(14, 14).nonzero().T
     assert int(mask.sum()) == 6 and (rows.max() - rows.min()) * (cols.max() - cols.min()) <= 36
     # reproducible from the generator
-    assert torch.equal(block_mask((16, 16), 0.5, torch.Generator().manual_seed(3)),
-                       block_mask((16, 16), 0.5, torch.Generator().manual_seed(3)))
+    assert torch.equal(
+        block_mask((16, 16), 0.5, torch.Generator().manual_seed(3)),
+        block_mask((16, 16), 0.5, torch.Generator().manual_seed(3)),
+    )
 
 
 def test_mask_generator_policies():
@@ -65,7 +69,9 @@ def test_crops_shapes_and_range():
     torch.manual_seed(0)
     global_crop, local_crops = MultiCropTransform(56, 28, 3)(image)
     assert global_crop.shape == (3, 56, 56) and global_crop.dtype == torch.float32
-    assert len(local_crops) == 3 and all(c.shape == (3, 28, 28) and c.dtype == torch.float32 for c in local_crops)
+    assert len(local_crops) == 3 and all(
+        c.shape == (3, 28, 28) and c.dtype == torch.float32 for c in local_crops
+    )
     for crop in [global_crop, *local_crops]:
         assert 0.0 <= float(crop.min()) and float(crop.max()) <= 1.0
     assert float(global_crop.max()) > 0.5  # values in [0, 1], not normalised by mean/std
@@ -79,8 +85,14 @@ def test_crops_shapes_and_range():
         MultiCropTransform(56, 28, 2, local_scale=(0.5, 0.1))
 
 
-SAMPLE = {"web_caption": "web", "synthetic_captions": [
-    {"text": "short one", "template": "short", "model": "m"}, {"text": "long one", "template": "detailed"}, "plain"]}
+SAMPLE = {
+    "web_caption": "web",
+    "synthetic_captions": [
+        {"text": "short one", "template": "short", "model": "m"},
+        {"text": "long one", "template": "detailed"},
+        "plain",
+    ],
+}
 
 
 def test_caption_policy_probabilities():
@@ -90,7 +102,10 @@ def test_caption_policy_probabilities():
     assert abs(picks.count("short one") / 4000 - 0.8) < 0.03
     assert "plain" not in picks  # template "default" is not weighted here
     # weights renormalised over the templates a sample has
-    only_long = {"web_caption": "w", "synthetic_captions": [{"text": "long", "template": "detailed"}, "plain"]}
+    only_long = {
+        "web_caption": "w",
+        "synthetic_captions": [{"text": "long", "template": "detailed"}, "plain"],
+    }
     assert {policy.choose(only_long, gen) for _ in range(50)} == {"long"}
     # none of the weighted templates present: uniform among what is there
     others = {"web_caption": "w", "synthetic_captions": ["a", "b"]}
@@ -106,11 +121,17 @@ def test_caption_policy_probabilities():
 def test_caption_policy_fallback_and_normalisation():
     policy = CaptionPolicy({"short": 1.0})
     assert policy.choose_with_template({"web_caption": "only web", "synthetic_captions": []}) == (
-        "only web", CaptionPolicy.FALLBACK)
+        "only web",
+        CaptionPolicy.FALLBACK,
+    )
     assert policy.choose({"web_caption": "no field"}) == "no field"
     assert policy.fallbacks["no_synthetic_caption"] == 2
     assert policy.choose_with_template(SAMPLE, torch.Generator().manual_seed(0)) == ("short one", "short")
-    assert normalise_synthetic(["a ", {"text": ""}, {"nope": 1}, {"text": "b", "template": "t"}, 7, "  "]) == [
-        {"text": "a", "template": "default", "model": "unknown"}, {"text": "b", "template": "t", "model": "unknown"}]
+    assert normalise_synthetic(
+        ["a ", {"text": ""}, {"nope": 1}, {"text": "b", "template": "t"}, 7, "  "]
+    ) == [
+        {"text": "a", "template": "default", "model": "unknown"},
+        {"text": "b", "template": "t", "model": "unknown"},
+    ]
     assert normalise_synthetic("single") == [{"text": "single", "template": "default", "model": "unknown"}]
     assert normalise_synthetic(None) == [] and normalise_synthetic(42) == []

@@ -19,8 +19,10 @@ COCO = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "coco-mi
 
 def _builtin_samples(n, seed=5):
     data = BuiltinShapes(n, 64, seed=seed)
-    return [{k: data[i][k] for k in ("__key__", "image", "web_caption", "synthetic_captions", "main_label")}
-            for i in range(n)]
+    return [
+        {k: data[i][k] for k in ("__key__", "image", "web_caption", "synthetic_captions", "main_label")}
+        for i in range(n)
+    ]
 
 
 def test_round_trip_and_brace_expansion(tmp_path):
@@ -38,14 +40,24 @@ def test_round_trip_and_brace_expansion(tmp_path):
         assert got["synthetic_captions"] == want["synthetic_captions"]
         assert got["main_label"] == want["main_label"]  # extra JSON fields travel too
         assert got["image"].mode == "RGB" and got["image"].size == (64, 64)
-        assert np.abs(np.asarray(got["image"], float) - np.asarray(want["image"], float)).mean() < 12  # JPEG q95 of per-pixel colour noise
+        assert (
+            np.abs(np.asarray(got["image"], float) - np.asarray(want["image"], float)).mean() < 12
+        )  # JPEG q95 of per-pixel colour noise
     # keys that would break the key.ext split or collide are made safe; bytes images pass through unchanged
-    raw = {"image": (COCO / "val2017" / "000000000139.jpg").read_bytes(), "image_ext": "jpg", "web_caption": "x"}
-    write_shards([{**raw, "__key__": "a.b"}, {**raw, "__key__": "a.b"}, {**raw, "__skip_counts__": {"x": {}}}],
-                 str(tmp_path / "k-%06d.tar"))
+    raw = {
+        "image": (COCO / "val2017" / "000000000139.jpg").read_bytes(),
+        "image_ext": "jpg",
+        "web_caption": "x",
+    }
+    write_shards(
+        [{**raw, "__key__": "a.b"}, {**raw, "__key__": "a.b"}, {**raw, "__skip_counts__": {"x": {}}}],
+        str(tmp_path / "k-%06d.tar"),
+    )
     read = list(ShardDataset(str(tmp_path / "k-000000.tar")))
     assert [s["__key__"] for s in read] == ["a_b", "a_b_1", "000000002"]
-    assert "__skip_counts__" not in json.loads(tarfile.open(tmp_path / "k-000000.tar").extractfile("a_b.json").read())
+    assert "__skip_counts__" not in json.loads(
+        tarfile.open(tmp_path / "k-000000.tar").extractfile("a_b.json").read()
+    )
     with tarfile.open(tmp_path / "k-000000.tar") as tar:
         assert tar.extractfile("a_b.jpg").read() == raw["image"]
 
@@ -72,8 +84,10 @@ def test_pipe_urls_and_txt_captions(tmp_path):
         _add(tar, "b.json", json.dumps({"url": "http://x", "synthetic_captions": ["syn"]}).encode())
         _add(tar, "b.txt", b"b caption")
     read = list(ShardDataset(str(tmp_path / "t.tar")))
-    assert [(s["web_caption"], len(s["synthetic_captions"])) for s in read] == [("caption from txt", 0),
-                                                                               ("b caption", 1)]
+    assert [(s["web_caption"], len(s["synthetic_captions"])) for s in read] == [
+        ("caption from txt", 0),
+        ("b caption", 1),
+    ]
 
 
 def _keys_read(urls, rank, world_size, workers, epoch=0, **kw):
@@ -165,8 +179,15 @@ def _bad_shard(path: Path) -> None:
                 _add(tar, f"{key}.{ext}", data)
 
 
-EXPECTED_SKIPS = {"corrupt_image": 2, "image_too_large": 1, "image_too_small": 1, "missing_caption": 2,
-                  "malformed_json": 2, "missing_image": 1, "missing_json": 1}
+EXPECTED_SKIPS = {
+    "corrupt_image": 2,
+    "image_too_large": 1,
+    "image_too_small": 1,
+    "missing_caption": 2,
+    "malformed_json": 2,
+    "missing_image": 1,
+    "missing_json": 1,
+}
 ACCEPTED = ["ok", "cmyk", "deep", "pal", "alpha", "grey", "last"]
 
 
@@ -177,7 +198,9 @@ def test_bad_samples_skipped_and_counted(tmp_path):
     assert [s["__key__"] for s in samples] == ACCEPTED  # odd modes are converted, not skipped
     assert all(s["image"].mode == "RGB" and s["image"].size == (32, 32) for s in samples)
     deep = np.asarray(samples[2]["image"])
-    assert deep.max() > 0 and np.all(deep[..., 0] == deep[..., 1])  # 16-bit grey kept as grey, not clipped away
+    assert deep.max() > 0 and np.all(
+        deep[..., 0] == deep[..., 1]
+    )  # 16-bit grey kept as grey, not clipped away
     assert np.asarray(samples[4]["image"]).min() >= 0  # alpha composited, still RGB
     assert dict(dataset.skipped) == EXPECTED_SKIPS
     # every sample carries its reader's running totals; the last one has them all

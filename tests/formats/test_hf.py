@@ -15,10 +15,23 @@ transformers = pytest.importorskip("transformers")
 def _hf_model(swiglu: bool, seed: int = 0):
     torch.manual_seed(seed)
     cfg = transformers.Tipsv2Config(
-        text_config=dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                         vocab_size=300, max_position_embeddings=24),
-        vision_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=56,
-                           patch_size=14, use_swiglu_ffn=swiglu, mlp_ratio=2.75 if swiglu else 3),
+        text_config=dict(
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            vocab_size=300,
+            max_position_embeddings=24,
+        ),
+        vision_config=dict(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=56,
+            patch_size=14,
+            use_swiglu_ffn=swiglu,
+            mlp_ratio=2.75 if swiglu else 3,
+        ),
         temperature_init_value=0.02,
     )
     model = transformers.Tipsv2Model(cfg).eval()

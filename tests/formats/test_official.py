@@ -85,8 +85,9 @@ def test_save_npz_round_trip(tmp_path):
     loaded = open_tips.load_pretrained(tmp_path / "mine_vision.npz", config="tiny")
     pixels = torch.rand(1, 3, 56, 84)
     with torch.no_grad():
-        assert torch.allclose(model.encode_image(pixels).patch_tokens, loaded.encode_image(pixels).patch_tokens,
-                              atol=1e-6)
+        assert torch.allclose(
+            model.encode_image(pixels).patch_tokens, loaded.encode_image(pixels).patch_tokens, atol=1e-6
+        )
     assert loaded.temperature.item() == pytest.approx(model.temperature.item(), rel=1e-6)
 
 

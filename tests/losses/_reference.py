@@ -53,8 +53,14 @@ def sinkhorn(logits: np.ndarray, temp: float, iterations: int) -> np.ndarray:
     return (q * n).T
 
 
-def sparc(patches: np.ndarray, tokens: np.ndarray, padding: np.ndarray, temperature: float,
-          threshold: float | None = None, eps: float = 1e-8) -> float:
+def sparc(
+    patches: np.ndarray,
+    tokens: np.ndarray,
+    padding: np.ndarray,
+    temperature: float,
+    threshold: float | None = None,
+    eps: float = 1e-8,
+) -> float:
     per_sample = []
     for b in range(patches.shape[0]):
         p, t = patches[b].astype(np.float64), tokens[b].astype(np.float64)

@@ -62,7 +62,9 @@ def test_siglip_loss_matches_loop():
     image, text = torch.randn(4, 6), torch.randn(4, 6)
     for temperature, bias in ((0.5, -1.0), (0.1, -10.0), (1.0, 0.0)):
         got = siglip_loss(image, text, temperature, bias)
-        assert got.item() == pytest.approx(ref.siglip(image.numpy(), text.numpy(), temperature, bias), abs=1e-5)
+        assert got.item() == pytest.approx(
+            ref.siglip(image.numpy(), text.numpy(), temperature, bias), abs=1e-5
+        )
 
 
 def test_siglip_bias_and_temperature_get_gradient():
@@ -108,10 +110,14 @@ def test_dual_contrastive_is_the_mean_and_everything_gets_gradient():
     out = DualContrastiveLoss()(web_img, syn_img, web_txt, syn_txt, log_t.exp())
     assert set(out) == {"loss", "loss_web", "loss_synthetic"}
     assert out["loss_web"].item() == pytest.approx(
-        ref.clip(web_img.detach().numpy(), web_txt.detach().numpy(), 0.1), abs=1e-5)
+        ref.clip(web_img.detach().numpy(), web_txt.detach().numpy(), 0.1), abs=1e-5
+    )
     assert out["loss_synthetic"].item() == pytest.approx(
-        ref.clip(syn_img.detach().numpy(), syn_txt.detach().numpy(), 0.1), abs=1e-5)
-    assert out["loss"].item() == pytest.approx(0.5 * (out["loss_web"] + out["loss_synthetic"]).item(), abs=1e-7)
+        ref.clip(syn_img.detach().numpy(), syn_txt.detach().numpy(), 0.1), abs=1e-5
+    )
+    assert out["loss"].item() == pytest.approx(
+        0.5 * (out["loss_web"] + out["loss_synthetic"]).item(), abs=1e-7
+    )
     out["loss"].backward()
     assert log_t.grad is not None and log_t.grad.abs() > 0
     assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in (web_img, syn_img, web_txt, syn_txt))
@@ -122,8 +128,10 @@ def test_dual_contrastive_sigmoid_kind():
     web_img, syn_img, web_txt, syn_txt = (torch.randn(4, 8) for _ in range(4))
     loss = DualContrastiveLoss(kind="sigmoid")
     out = loss(web_img, syn_img, web_txt, syn_txt, 0.1, torch.tensor([-2.0]))
-    expected = 0.5 * (ref.siglip(web_img.numpy(), web_txt.numpy(), 0.1, -2.0)
-                      + ref.siglip(syn_img.numpy(), syn_txt.numpy(), 0.1, -2.0))
+    expected = 0.5 * (
+        ref.siglip(web_img.numpy(), web_txt.numpy(), 0.1, -2.0)
+        + ref.siglip(syn_img.numpy(), syn_txt.numpy(), 0.1, -2.0)
+    )
     assert out["loss"].item() == pytest.approx(expected, abs=1e-5)
     with pytest.raises(ValueError, match="bias"):
         loss(web_img, syn_img, web_txt, syn_txt, 0.1)

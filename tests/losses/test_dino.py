@@ -28,8 +28,11 @@ def test_loss_matches_loop_for_any_number_of_crops(n_teacher, n_student):
     teacher = [loss_fn.softmax_center_teacher(torch.randn(3, 5), 0.05) for _ in range(n_teacher)]
     students = [torch.randn(3, 5) for _ in range(n_student)]
     got = loss_fn(students, teacher)
-    terms = [np.mean([ref.cross_entropy(t[b].numpy().astype(np.float64), s[b].numpy(), 0.1) for b in range(3)])
-             for s in students for t in teacher]
+    terms = [
+        np.mean([ref.cross_entropy(t[b].numpy().astype(np.float64), s[b].numpy(), 0.1) for b in range(3)])
+        for s in students
+        for t in teacher
+    ]
     assert got.item() == pytest.approx(np.mean(terms), abs=1e-5)
 
 

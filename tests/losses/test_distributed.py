@@ -20,24 +20,32 @@ def _mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
 
 def _run(fn, image, text, rank):
     """Local shard through ``fn``; backward of loss / world mimics DDP's gradient averaging."""
-    img = image[rank * LOCAL:(rank + 1) * LOCAL].clone().requires_grad_(True)
-    txt = text[rank * LOCAL:(rank + 1) * LOCAL].clone().requires_grad_(True)
+    img = image[rank * LOCAL : (rank + 1) * LOCAL].clone().requires_grad_(True)
+    txt = text[rank * LOCAL : (rank + 1) * LOCAL].clone().requires_grad_(True)
     temperature = torch.tensor([0.1], requires_grad=True)
     loss = fn(img, txt, temperature)
     (loss / WORLD).backward()
-    return (loss.detach(), _mean_over_ranks(loss), img.grad.clone(), txt.grad.clone(),
-            WORLD * _mean_over_ranks(temperature.grad))  # replicated parameter: DDP all-reduces its grad
+    return (
+        loss.detach(),
+        _mean_over_ranks(loss),
+        img.grad.clone(),
+        txt.grad.clone(),
+        WORLD * _mean_over_ranks(temperature.grad),
+    )  # replicated parameter: DDP all-reduces its grad
 
 
-def _worker(rank: int, init_file: str, image: torch.Tensor, text: torch.Tensor, logits: torch.Tensor,
-            out: dict) -> None:
+def _worker(
+    rank: int, init_file: str, image: torch.Tensor, text: torch.Tensor, logits: torch.Tensor, out: dict
+) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         results = {
-            "clip_local": _run(lambda i, t, temp: clip_loss(i, t, temp, gather=True, local_loss=True),
-                               image, text, rank),
-            "clip_full": _run(lambda i, t, temp: clip_loss(i, t, temp, gather=True, local_loss=False),
-                              image, text, rank),
+            "clip_local": _run(
+                lambda i, t, temp: clip_loss(i, t, temp, gather=True, local_loss=True), image, text, rank
+            ),
+            "clip_full": _run(
+                lambda i, t, temp: clip_loss(i, t, temp, gather=True, local_loss=False), image, text, rank
+            ),
             "clip_no_gather": _run(lambda i, t, temp: clip_loss(i, t, temp, gather=False), image, text, rank),
             "siglip": _run(lambda i, t, temp: siglip_loss(i, t, temp, -2.0), image, text, rank),
         }

@@ -13,9 +13,17 @@ def _setup(seed, batch=3, tokens=6, dim=5):
     loss_fn = IBOTPatchLoss(out_dim=dim, student_temp=0.1)
     student = torch.randn(batch, tokens, dim, requires_grad=True)
     teacher = loss_fn.softmax_center_teacher(torch.randn(batch, tokens, dim), 0.05)
-    per_token = np.array([[ref.cross_entropy(teacher[b, n].numpy().astype(np.float64),
-                                             student[b, n].detach().numpy(), 0.1)
-                           for n in range(tokens)] for b in range(batch)])
+    per_token = np.array(
+        [
+            [
+                ref.cross_entropy(
+                    teacher[b, n].numpy().astype(np.float64), student[b, n].detach().numpy(), 0.1
+                )
+                for n in range(tokens)
+            ]
+            for b in range(batch)
+        ]
+    )
     return loss_fn, student, teacher, per_token
 
 
@@ -75,7 +83,9 @@ def test_center_update_over_patch_tokens_and_any_input_shape():
     assert loss_fn.center.shape == (1, 1, 4)
     logits = torch.randn(2, 5, 4)
     loss_fn.update_center(logits)
-    assert np.allclose(loss_fn.center.reshape(-1).numpy(), 0.2 * logits.reshape(-1, 4).mean(0).numpy(), atol=1e-6)
+    assert np.allclose(
+        loss_fn.center.reshape(-1).numpy(), 0.2 * logits.reshape(-1, 4).mean(0).numpy(), atol=1e-6
+    )
     assert not loss_fn.center.requires_grad
     flat = logits.reshape(10, 4)  # e.g. only the masked tokens, flattened
     probs = loss_fn.softmax_center_teacher(flat, 0.05)

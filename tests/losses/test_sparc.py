@@ -14,8 +14,11 @@ from tests.losses import _reference as ref
 
 def _inputs(seed, batch=3, patches=9, length=6, dim=8):
     torch.manual_seed(seed)
-    return (torch.randn(batch, patches, dim, requires_grad=True), torch.randn(batch, length, dim, requires_grad=True),
-            torch.zeros(batch, length, dtype=torch.bool))
+    return (
+        torch.randn(batch, patches, dim, requires_grad=True),
+        torch.randn(batch, length, dim, requires_grad=True),
+        torch.zeros(batch, length, dtype=torch.bool),
+    )
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.2, 0.05])
@@ -33,7 +36,9 @@ def test_matches_loop_with_a_custom_threshold():
     padding[1, 3:] = True
     for threshold in (0.0, 0.5):
         got = sparc_loss(patches, tokens, padding, 0.3, threshold=threshold)
-        expected = ref.sparc(patches.detach().numpy(), tokens.detach().numpy(), padding.numpy(), 0.3, threshold)
+        expected = ref.sparc(
+            patches.detach().numpy(), tokens.detach().numpy(), padding.numpy(), 0.3, threshold
+        )
         assert got.item() == pytest.approx(expected, abs=1e-5)
 
 
@@ -66,7 +71,9 @@ def test_single_valid_token_gives_zero_and_fully_padded_samples_are_left_out():
     both = sparc_loss(patches, tokens, padding, 0.1)
     keep = torch.tensor([0, 2])
     assert torch.isfinite(both)
-    assert both.item() == pytest.approx(sparc_loss(patches[keep], tokens[keep], padding[keep], 0.1).item(), abs=1e-6)
+    assert both.item() == pytest.approx(
+        sparc_loss(patches[keep], tokens[keep], padding[keep], 0.1).item(), abs=1e-6
+    )
     all_padded = sparc_loss(patches, tokens, torch.ones(3, 6, dtype=torch.bool), 0.1)
     assert all_padded.item() == 0.0 and all_padded.requires_grad
 
@@ -78,7 +85,9 @@ def test_invariant_to_patch_order_and_to_moving_a_token_with_its_padding_flag():
     perm_p = torch.randperm(9)
     assert sparc_loss(patches[:, perm_p], tokens, padding, 0.2).item() == pytest.approx(loss, abs=1e-5)
     perm_t = torch.randperm(6)
-    assert sparc_loss(patches, tokens[:, perm_t], padding[:, perm_t], 0.2).item() == pytest.approx(loss, abs=1e-5)
+    assert sparc_loss(patches, tokens[:, perm_t], padding[:, perm_t], 0.2).item() == pytest.approx(
+        loss, abs=1e-5
+    )
 
 
 def test_aligned_tokens_score_better_than_random_ones_and_bounded_by_log_length():
@@ -108,7 +117,9 @@ def test_gradients_reach_patches_tokens_temperature_and_flow_through_the_weights
     valid = ~padding
     logits = (unit_t @ grouped.transpose(1, 2) / 0.1).masked_fill(~valid[:, None, :], -1e30)
     logits_v = (unit_t @ grouped.transpose(1, 2) / 0.1).transpose(1, 2).masked_fill(~valid[:, None, :], -1e30)
-    per = -0.5 * (logits.log_softmax(-1).diagonal(dim1=1, dim2=2) + logits_v.log_softmax(-1).diagonal(dim1=1, dim2=2))
+    per = -0.5 * (
+        logits.log_softmax(-1).diagonal(dim1=1, dim2=2) + logits_v.log_softmax(-1).diagonal(dim1=1, dim2=2)
+    )
     detached = (torch.where(valid, per, 0).sum(-1) / valid.sum(-1)).mean()
     assert detached.item() == pytest.approx(sparc_loss(patches, tokens, padding, 0.1).item(), abs=1e-5)
     detached.backward()
@@ -122,7 +133,9 @@ def test_alignment_weights_are_sparse_non_negative_and_normalised():
     assert weights.shape == (2, 5, 16)
     assert torch.allclose(weights.sum(-1), torch.ones(2, 5), atol=1e-6)
     assert (weights >= 0).all()
-    normalised = ((tokens @ patches.transpose(1, 2)) - (tokens @ patches.transpose(1, 2)).amin(-1, keepdim=True))
+    normalised = (tokens @ patches.transpose(1, 2)) - (tokens @ patches.transpose(1, 2)).amin(
+        -1, keepdim=True
+    )
     normalised = normalised / normalised.amax(-1, keepdim=True)
     assert torch.equal(weights == 0, normalised < 1 / 16)  # exactly the entries below 1/P are dropped
     for b in range(2):

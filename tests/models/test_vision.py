@@ -102,11 +102,20 @@ def test_text_padding_does_not_leak_and_empty_caption_is_finite(model):
 
 def test_registry():
     names = open_tips.list_configs()
-    for expected in ["tips-v1-s14-hr", "tips-v1-g14-lr", "tipsv2-b14", "tipsv2-so400m14", "tipsv2-g14", "tiny"]:
+    for expected in [
+        "tips-v1-s14-hr",
+        "tips-v1-g14-lr",
+        "tipsv2-b14",
+        "tipsv2-so400m14",
+        "tipsv2-g14",
+        "tiny",
+    ]:
         assert expected in names
     assert get_config("tipsv2-so14").name == "tipsv2-so400m14"
     assert get_config("tips_v2_oss_so400m14").vision.mlp_hidden == 4304
     g = get_config("tipsv2-g14")
-    assert g.vision.swiglu and g.vision.mlp_hidden == 4096 and g.vision.heads == 24 and g.vision.pos_grid == 32
+    assert (
+        g.vision.swiglu and g.vision.mlp_hidden == 4096 and g.vision.heads == 24 and g.vision.pos_grid == 32
+    )
     with pytest.raises(KeyError, match="unknown model config"):
         get_config("vit-huge")

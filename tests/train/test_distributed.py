@@ -15,8 +15,16 @@ import torch
 
 from open_tips.train.metrics import read_metrics
 
-COMMON = ["data.num_samples=64", "train.log_every=1", "train.evaluate_at_end=false", "train.threads=1",
-          "optim.warmup_steps=2", "loss.head_out_dim=256", "train.save_every=2", "distributed.timeout_s=30"]
+COMMON = [
+    "data.num_samples=64",
+    "train.log_every=1",
+    "train.evaluate_at_end=false",
+    "train.threads=1",
+    "optim.warmup_steps=2",
+    "loss.head_out_dim=256",
+    "train.save_every=2",
+    "distributed.timeout_s=30",
+]
 
 
 def _free_port() -> int:
@@ -26,15 +34,34 @@ def _free_port() -> int:
 
 
 def _torchrun(run_dir: Path, overrides: list[str], nproc: int = 2, resume: bool = False, **kw):
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-               f"--master_port={_free_port()}", "-m", "open_tips.cli", "train", *COMMON, *overrides,
-               f"train.output_dir={run_dir}"] + (["--resume"] if resume else [])
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        "-m",
+        "open_tips.cli",
+        "train",
+        *COMMON,
+        *overrides,
+        f"train.output_dir={run_dir}",
+    ] + (["--resume"] if resume else [])
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return command, env
 
 
 def _single(run_dir: Path, overrides: list[str]):
-    command = [sys.executable, "-m", "open_tips.cli", "train", *COMMON, *overrides, f"train.output_dir={run_dir}"]
+    command = [
+        sys.executable,
+        "-m",
+        "open_tips.cli",
+        "train",
+        *COMMON,
+        *overrides,
+        f"train.output_dir={run_dir}",
+    ]
     subprocess.run(command, check=True, capture_output=True, timeout=600)
 
 
@@ -47,7 +74,9 @@ def _final_model(run_dir: Path) -> dict:
 def test_two_processes_match_one(tmp_path, strategy):
     steps = ["train.steps=3"]
     _single(tmp_path / "single", steps + ["data.batch_size=8"])
-    command, env = _torchrun(tmp_path / strategy, steps + ["data.batch_size=4", f"distributed.strategy={strategy}"])
+    command, env = _torchrun(
+        tmp_path / strategy, steps + ["data.batch_size=4", f"distributed.strategy={strategy}"]
+    )
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     single = read_metrics(tmp_path / "single" / "metrics.jsonl")
@@ -66,8 +95,9 @@ def test_dead_rank_ends_job_and_resume_completes(tmp_path):
     run_dir = tmp_path / "run"
     overrides = ["data.batch_size=4", "train.steps=40"]
     command, env = _torchrun(run_dir, overrides)
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
+    )
     deadline = time.time() + 300
     while time.time() < deadline:
         if list((run_dir / "checkpoints").glob("step_*.pt")) if (run_dir / "checkpoints").exists() else []:
@@ -84,13 +114,22 @@ def test_dead_rank_ends_job_and_resume_completes(tmp_path):
     assert time.time() - start < 180
     assert proc.returncode != 0
     # resume on ONE process from the last complete checkpoint written by two
-    single = [sys.executable, "-m", "open_tips.cli", "train", *COMMON, "data.batch_size=8", "train.steps=40",
-              f"train.output_dir={run_dir}", "--resume"]
+    single = [
+        sys.executable,
+        "-m",
+        "open_tips.cli",
+        "train",
+        *COMMON,
+        "data.batch_size=8",
+        "train.steps=40",
+        f"train.output_dir={run_dir}",
+        "--resume",
+    ]
     done = subprocess.run(single, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     records = read_metrics(run_dir / "metrics.jsonl")
     assert records[-1]["step"] == 39
     steps = [r["step"] for r in records]
     assert steps == sorted(set(steps)), "each step logged once"
-    summary = json.loads(done.stdout[done.stdout.index("{\n"):])
+    summary = json.loads(done.stdout[done.stdout.index("{\n") :])
     assert summary["finished"]

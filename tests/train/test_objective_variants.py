@@ -36,9 +36,14 @@ VARIANTS = {
     "sigmoid": (["loss.contrastive=sigmoid"], {"loss_contrastive"}),
     "sparc+koleo": (["loss.sparc_weight=1.0", "loss.koleo_weight=0.1"], {"loss_sparc", "loss_koleo"}),
     "clip-web": (["loss.pairs=web", "loss.distill=false", "loss.mim=false"], {"loss_contrastive"}),
-    "clip-synthetic": (["loss.pairs=synthetic", "loss.distill=false", "loss.mim=false"], {"loss_contrastive"}),
-    "both-cls-masked-view-blocks": (["loss.distill_cls=both", "loss.contrastive_view=masked",
-                                     "data.mask_kind=block"], {"loss_distill", "loss_mask"}),
+    "clip-synthetic": (
+        ["loss.pairs=synthetic", "loss.distill=false", "loss.mim=false"],
+        {"loss_contrastive"},
+    ),
+    "both-cls-masked-view-blocks": (
+        ["loss.distill_cls=both", "loss.contrastive_view=masked", "data.mask_kind=block"],
+        {"loss_distill", "loss_mask"},
+    ),
 }
 
 
@@ -53,13 +58,19 @@ def test_variant_losses_and_gradients(name):
     assert expected <= set(out)
     assert all(math.isfinite(float(v)) for v in out.values())
     if "loss_web" in out:
-        assert out["loss_contrastive"].item() == pytest.approx(0.5 * (out["loss_web"] + out["loss_synthetic"]).item())
+        assert out["loss_contrastive"].item() == pytest.approx(
+            0.5 * (out["loss_web"] + out["loss_synthetic"]).item()
+        )
     out["loss"].backward()
     assert model.vision.patch_embed.proj.weight.grad is not None
     assert model.log_temperature.grad is not None
     if objective.teacher is not None:
         assert all(p.grad is None for p in objective.teacher.parameters())
-        assert objective.teacher.vision is None if cfg.teacher.kind == "head_ema" else objective.teacher.vision is not None
+        assert (
+            objective.teacher.vision is None
+            if cfg.teacher.kind == "head_ema"
+            else objective.teacher.vision is not None
+        )
     if cfg.loss.distill:
         assert objective.dino_head.last_layer.parametrizations.weight.original1.grad is not None
     if name == "clip-web":  # CLS2 is not trained against text here, but still receives attention gradients
@@ -85,22 +96,43 @@ def test_teacher_ema_update_math():
         objective.dino_head.mlp[0].weight.add_(1.0)
     objective.update_teacher(0.9)
     student = objective.dino_head.mlp[0].weight
-    assert torch.allclose(objective.teacher.dino_head.mlp[0].weight, 0.9 * teacher_before + 0.1 * student, atol=1e-6)
+    assert torch.allclose(
+        objective.teacher.dino_head.mlp[0].weight, 0.9 * teacher_before + 0.1 * student, atol=1e-6
+    )
 
 
 def test_accumulation_bf16_and_checkpointing_run(tmp_path):
-    cfg = load_config("tiny", overrides=[
-        "data.num_samples=64", "data.batch_size=8", "train.steps=3", "train.accum_steps=2",
-        "train.precision=bf16", "model.grad_checkpointing=true", "train.evaluate_at_end=false",
-        f"train.output_dir={tmp_path}", "train.log_every=1"])
+    cfg = load_config(
+        "tiny",
+        overrides=[
+            "data.num_samples=64",
+            "data.batch_size=8",
+            "train.steps=3",
+            "train.accum_steps=2",
+            "train.precision=bf16",
+            "model.grad_checkpointing=true",
+            "train.evaluate_at_end=false",
+            f"train.output_dir={tmp_path}",
+            "train.log_every=1",
+        ],
+    )
     summary = train(cfg)
     assert summary["finished"] and math.isfinite(summary["last"]["loss"])
 
 
 def test_nonfinite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
-    cfg = load_config("tiny", overrides=[
-        "data.num_samples=64", "data.batch_size=8", "train.steps=20", "train.evaluate_at_end=false",
-        f"train.output_dir={tmp_path}", "train.max_nonfinite_steps=3", "train.save_every=2"])
+    cfg = load_config(
+        "tiny",
+        overrides=[
+            "data.num_samples=64",
+            "data.batch_size=8",
+            "train.steps=20",
+            "train.evaluate_at_end=false",
+            f"train.output_dir={tmp_path}",
+            "train.max_nonfinite_steps=3",
+            "train.save_every=2",
+        ],
+    )
     original = TIPSObjective.forward
     calls = {"n": 0}
 

@@ -16,8 +16,15 @@ from open_tips.train.config import load_config
 from open_tips.train.loop import train
 from open_tips.train.metrics import read_metrics
 
-FAST = ["data.num_samples=256", "data.batch_size=16", "train.log_every=1", "train.evaluate_at_end=false",
-        "train.threads=1", "optim.warmup_steps=10", "loss.teacher_temp_warmup_steps=20"]
+FAST = [
+    "data.num_samples=256",
+    "data.batch_size=16",
+    "train.log_every=1",
+    "train.evaluate_at_end=false",
+    "train.threads=1",
+    "optim.warmup_steps=10",
+    "loss.teacher_temp_warmup_steps=20",
+]
 
 
 def _losses(run_dir: Path) -> list[tuple[int, float]]:
@@ -25,8 +32,10 @@ def _losses(run_dir: Path) -> list[tuple[int, float]]:
 
 
 def test_tiny_training_learns(tmp_path):
-    cfg = load_config("tiny", overrides=FAST + [f"train.output_dir={tmp_path / 'run'}", "train.steps=400",
-                                                "train.save_every=200"])
+    cfg = load_config(
+        "tiny",
+        overrides=FAST + [f"train.output_dir={tmp_path / 'run'}", "train.steps=400", "train.save_every=200"],
+    )
     summary = train(cfg)
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
     first, last = records[0], records[-5:]
@@ -57,8 +66,16 @@ def test_tiny_training_learns(tmp_path):
 
 
 def _train_cmd(run_dir: Path, steps: int, resume: bool) -> list[str]:
-    args = [sys.executable, "-m", "open_tips.cli", "train", *FAST, f"train.output_dir={run_dir}",
-            f"train.steps={steps}", "train.save_every=5"]
+    args = [
+        sys.executable,
+        "-m",
+        "open_tips.cli",
+        "train",
+        *FAST,
+        f"train.output_dir={run_dir}",
+        f"train.steps={steps}",
+        "train.save_every=5",
+    ]
     return args + (["--resume"] if resume else [])
 
 
@@ -69,8 +86,9 @@ def test_sigkill_resume_reproduces_uninterrupted_run(tmp_path):
 
     killed = tmp_path / "killed"
     env = dict(os.environ)
-    proc = subprocess.Popen(_train_cmd(killed, steps, False), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=env)
+    proc = subprocess.Popen(
+        _train_cmd(killed, steps, False), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
     deadline = time.time() + 300
     while time.time() < deadline:  # kill once a checkpoint beyond step 10 exists, mid-run
         ckpts = list((killed / "checkpoints").glob("step_*.pt")) if (killed / "checkpoints").exists() else []
