@@ -86,9 +86,10 @@ def max_relative_error(model, reloaded, image_size: int, batch_size: int) -> flo
 
 def run(args: argparse.Namespace) -> int:
     source, output = Path(args.checkpoint), Path(args.output)
-    target = args.to or ("npz" if (source / "config.json").is_file() else "hf")
     device = resolve_device(args.device)
-    model = load_checkpoint(source, args.config, args.tokenizer, device)
+    model = load_checkpoint(source, args.config, args.tokenizer, device, revision=args.revision)
+    hf_source = (source / "config.json").is_file() or not source.exists()  # a directory or a hub id
+    target = args.to or ("npz" if hf_source else "hf")
     if target == "hf":
         if model.text is None:
             fail("the HF layout (Tipsv2Model) holds both towers; this checkpoint has no text tower")
@@ -102,8 +103,9 @@ def run(args: argparse.Namespace) -> int:
             if not tokenizer_path.exists():
                 shutil.copyfile(model.tokenizer.model_path, tokenizer_path)
                 written.append(str(tokenizer_path))
-        # the npz layout cannot record head counts: reuse the source's architecture
-        reloaded = load_checkpoint(written[0], args.config or model.cfg, device=device)
+        # reloaded as a user would load it: architecture from the files (an open_tips_config record is
+        # written when the weights alone would give other head counts), so a loss shows as an error
+        reloaded = load_checkpoint(written[0], args.config, device=device)
     error = max_relative_error(model, reloaded, args.image_size or model.cfg.image_size, args.batch_size)
     print(f"wrote {', '.join(written)}")
     print(f"reloaded and compared: max relative error {error:.2e} (tolerance {args.tolerance:.0e})")

@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from open_tips.formats.common import CheckpointError, atomic_write
 
@@ -98,19 +98,27 @@ def to_official(state: dict[str, torch.Tensor]) -> tuple[dict, dict, float | Non
     return vision, text, temperature
 
 
-def read_hf_dir(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(config.json contents, flat tensor dict) of an HF-format directory (single file or sharded)."""
+def read_hf_dir(
+    directory: str | os.PathLike, vision_only: bool = False
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config.json contents, flat tensor dict) of an HF-format directory (single file or sharded). With
+    ``vision_only``, text-tower tensors are not read from disk at all."""
     directory = Path(directory)
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{directory}: no config.json (not an HF-format model directory)")
     try:
         config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{config_path}: malformed JSON ({err})") from err
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path}: expected a JSON object, got {type(config).__name__}")
     index_path = directory / "model.safetensors.index.json"
     if index_path.is_file():
-        files = sorted(set(json.loads(index_path.read_text())["weight_map"].values()))
+        try:
+            files = sorted(set(json.loads(index_path.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+            raise CheckpointError(f"{index_path}: malformed index (needs a 'weight_map' object)") from err
     elif (directory / "model.safetensors").is_file():
         files = ["model.safetensors"]
     else:
@@ -118,10 +126,87 @@ def read_hf_dir(directory: str | os.PathLike) -> tuple[dict, dict[str, torch.Ten
     state: dict[str, torch.Tensor] = {}
     for name in files:
         try:
-            state.update(load_file(str(directory / name)))
+            with safe_open(str(directory / name), framework="pt") as handle:
+                for key in handle.keys():
+                    if vision_only and key.startswith(TEXT_PREFIXES):
+                        continue
+                    state[key] = handle.get_tensor(key)
         except (SafetensorError, OSError, ValueError) as err:
             raise CheckpointError(f"{directory / name}: unreadable safetensors file ({err})") from err
     return config, state
+
+
+# Heads of the official model families, by the ``vision_fn`` name of the original flat config.
+_VISION_FN_HEADS = {"small": 6, "base": 12, "large": 16, "so400m": 16, "so": 16, "giant": 24, "g": 24}
+TEMPERATURE_FIELDS = ("temperature", "temperature_contrastive", "temperature_init_value")
+
+
+def _first(mapping: dict, names: tuple[str, ...]):
+    for name in names:
+        if mapping.get(name) is not None:
+            return mapping[name]
+    return None
+
+
+def config_fields(config: dict, source: str) -> dict:
+    """What a ``config.json`` says beyond the weights, whichever layout it has:
+
+    - nested (transformers' ``Tipsv2Config``): ``vision_config`` / ``text_config`` objects,
+      ``temperature_init_value``;
+    - flat (the original hub repos): ``embed_dim``, ``vision_fn``, ``text_num_layers``, ``ffn_layer``,
+      ``temperature`` ... at the top level.
+
+    Returns ``temperature``, ``vision_heads``, ``text_heads``, ``max_len``, ``image_size`` (each None when
+    the file does not say) and ``layout`` ("nested" or "flat").
+    """
+    nested = isinstance(config.get("vision_config"), dict) or isinstance(config.get("text_config"), dict)
+    vision = config.get("vision_config") or {}
+    text = config.get("text_config") or {}
+    extra = config.get("open_tips") or {}
+    if nested:
+        fields = {
+            "layout": "nested",
+            "temperature": _first(config, TEMPERATURE_FIELDS),
+            "vision_heads": vision.get("num_attention_heads"),
+            "text_heads": text.get("num_attention_heads"),
+            "max_len": text.get("max_position_embeddings"),
+            "image_size": extra.get("image_size"),
+            "config_image_size": vision.get("image_size"),
+        }
+    else:
+        vision_heads = _first(config, ("vision_num_heads", "num_heads", "num_attention_heads"))
+        vision_fn = str(config.get("vision_fn") or "").lower()
+        if vision_heads is None and vision_fn:
+            for key, heads in _VISION_FN_HEADS.items():
+                if vision_fn.removeprefix("vit_").startswith(key):
+                    vision_heads = heads
+                    break
+        fields = {
+            "layout": "flat",
+            "temperature": _first(config, TEMPERATURE_FIELDS),
+            "vision_heads": vision_heads,
+            "text_heads": _first(config, ("text_num_heads", "text_num_attention_heads")) or vision_heads,
+            "max_len": _first(
+                config, ("max_len", "text_max_len", "context_length", "max_position_embeddings")
+            ),
+            "image_size": extra.get("image_size"),
+            "config_image_size": _first(config, ("image_size", "img_size", "image_resolution")),
+        }
+    for key in ("vision_heads", "text_heads", "max_len", "image_size", "config_image_size"):
+        value = fields[key]
+        if isinstance(value, (list, tuple)) and value:
+            value = value[0]
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise CheckpointError(
+                f"{source}: config field for {key} must be a positive integer, got {value!r}"
+            )
+        fields[key] = value
+    temperature = fields["temperature"]
+    if temperature is not None:
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise CheckpointError(f"{source}: temperature must be a positive number, got {temperature!r}")
+        fields["temperature"] = float(temperature)
+    return fields
 
 
 def _mlp_ratio(width: int, hidden: int, swiglu: bool) -> float:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -15,10 +17,13 @@ from open_tips.formats.common import (
     load_strict,
     split_temperature,
 )
-from open_tips.formats.hf import read_hf_dir, to_official
-from open_tips.formats.official import read_npz, sibling_paths
-from open_tips.models.configs import TIPSConfig, get_config
+from open_tips.formats.hf import config_fields, read_hf_dir, to_official
+from open_tips.formats.hub import looks_like_hub_id, resolve_hub_id
+from open_tips.formats.official import pop_metadata, read_npz, sibling_paths
+from open_tips.models.configs import TextConfig, TIPSConfig, VisionConfig, get_config, list_configs
 from open_tips.models.tips import TIPSModel
+
+DEFAULT_TEMPERATURE = 0.01
 
 
 def _find_tokenizer(*candidates: Path) -> Path | None:
@@ -27,6 +32,48 @@ def _find_tokenizer(*candidates: Path) -> Path | None:
         if path.is_file():
             return path
     return None
+
+
+def _geometry(vision: VisionConfig, text: TextConfig | None) -> tuple:
+    v = (vision.width, vision.depth, vision.mlp_hidden, vision.swiglu, vision.pos_grid, vision.patch_size)
+    t = None if text is None else (text.width, text.depth, text.mlp_hidden, text.vocab_size)
+    return v, t
+
+
+def _stem_name(name: str) -> str:
+    for suffix in ("_vision.npz", "_text.npz", ".npz"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def identify(vision: VisionConfig, text: TextConfig | None, hint: str | None = None) -> list[TIPSConfig]:
+    """Registry configs with this geometry (text compared only when given). A ``hint`` (file stem, folder or
+    repo name, e.g. ``tips_oss_g14_lowres`` or ``tipsv2-b14``) that names a matching config selects it alone."""
+    wanted_v, wanted_t = _geometry(vision, text)
+
+    def matches(cfg: TIPSConfig) -> bool:
+        v, t = _geometry(cfg.vision, cfg.text)
+        return v == wanted_v and (wanted_t is None or t == wanted_t)
+
+    if hint:
+        try:
+            named = get_config(_stem_name(hint))
+        except KeyError:
+            named = None
+        if named is not None and matches(named):
+            return [named]
+    return [cfg for name in list_configs() if matches(cfg := get_config(name))]
+
+
+def inferred_image_size(cfg: TIPSConfig, hint: str | None = None) -> int:
+    """The training resolution that loading weights of this geometry (and file name) would assume: the
+    identified released model's (TIPS v1 HR 448, g14-lr 224, TIPSv2 448), else the stored position grid
+    (at least 224 px)."""
+    sizes = {c.image_size for c in identify(cfg.vision, cfg.text, hint)}
+    if len(sizes) == 1:
+        return sizes.pop()
+    return max(cfg.vision.pos_grid * cfg.vision.patch_size, 224)
 
 
 def _build(
@@ -38,11 +85,17 @@ def _build(
     heads: tuple[int | None, int | None] = (None, None),
     image_size: int | None = None,
     max_len: int = 64,
+    hint: str | None = None,
+    stored: TIPSConfig | None = None,
 ) -> TIPSModel:
-    if config is not None:
-        cfg = get_config(config) if isinstance(config, str) else TIPSConfig.from_dict(config.to_dict())
+    if config is not None or stored is not None:
+        chosen = config if config is not None else stored
+        cfg = get_config(chosen) if isinstance(chosen, str) else TIPSConfig.from_dict(chosen.to_dict())
         if text_state is None:
             cfg.text = None
+        if image_size is not None and config is None:
+            cfg.image_size = image_size
+        known_temperature = config is not None or stored is not None
     else:
         vision_cfg = infer_vision_config(vision_state, source, heads[0])
         text_cfg = (
@@ -52,17 +105,25 @@ def _build(
             raise CheckpointError(
                 f"{source}: text width {text_cfg.width} differs from vision width {vision_cfg.width}"
             )
-        grid_px = vision_cfg.pos_grid * vision_cfg.patch_size
-        cfg = TIPSConfig(
-            vision=vision_cfg,
-            text=text_cfg,
-            image_size=image_size or max(grid_px, 224),
-            name=Path(source).name,
-        )
+        found = identify(vision_cfg, text_cfg, hint)
+        name = found[0].name if len(found) == 1 else Path(source).name
+        cfg = TIPSConfig(vision=vision_cfg, text=text_cfg, name=name)
+        cfg.image_size = image_size or inferred_image_size(cfg, hint)
+        known_temperature = len(found) == 1 and found[0].name.startswith("tipsv2")
+        if known_temperature:
+            cfg.temperature = found[0].temperature
+        else:
+            cfg.temperature = DEFAULT_TEMPERATURE
     if temperature is not None:
         if not temperature > 0:
             raise CheckpointError(f"{source}: temperature must be positive, got {temperature}")
         cfg.temperature = temperature
+    elif text_state is not None:
+        warnings.warn(
+            f"{source}: no temperature in the weights or config; using {cfg.temperature:g}"
+            + ("" if known_temperature else " (a placeholder: zero-shot probabilities will be off)"),
+            stacklevel=3,
+        )
     model = TIPSModel(cfg)
     load_strict(model.vision, vision_state, f"{source} (vision)")
     if text_state is not None:
@@ -70,69 +131,120 @@ def _build(
     return model
 
 
+def _preprocessor_size(directory: Path) -> int | None:
+    path = directory / "preprocessor_config.json"
+    if not path.is_file():
+        return None
+    try:
+        size = json.loads(path.read_text()).get("size") or {}
+    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: malformed JSON ({err})") from err
+    value = size.get("height") or size.get("shortest_edge") if isinstance(size, dict) else size
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def _load_hf_dir(path: Path, config, vision_only: bool, hint: str) -> TIPSModel:
+    hf_config, flat = read_hf_dir(path, vision_only=vision_only)
+    fields = config_fields(hf_config, str(path / "config.json"))
+    vision_state, text_state, temperature = to_official(flat)
+    if temperature is None:
+        temperature = fields["temperature"]
+    if vision_only:
+        text_state = {}
+    image_size = fields["image_size"] or _preprocessor_size(path)
+    if image_size is None and config is None:
+        # identified released models know their resolution; else the config's own image_size
+        vision_cfg = infer_vision_config(vision_state, str(path), fields["vision_heads"])
+        if len({c.image_size for c in identify(vision_cfg, None, hint)}) != 1:
+            image_size = fields["config_image_size"]
+    return _build(
+        vision_state,
+        text_state or None,
+        temperature,
+        str(path),
+        config,
+        (fields["vision_heads"], fields["text_heads"]),
+        image_size,
+        fields["max_len"] or 64,
+        hint=hint,
+    )
+
+
+def _load_npz(path: Path, config, vision_only: bool) -> TIPSModel:
+    vision_path, text_path = sibling_paths(path)
+    if vision_path is None:
+        raise CheckpointError(f"{path}: no matching *_vision.npz next to this text checkpoint")
+    vision_state = read_npz(vision_path)
+    stored = pop_metadata(vision_state, str(vision_path))
+    text_state = None
+    temperature = None
+    if text_path is not None and not vision_only:
+        text_state = read_npz(text_path)
+        stored = pop_metadata(text_state, str(text_path)) or stored
+        temperature = split_temperature(text_state)
+    return _build(
+        vision_state, text_state, temperature, str(vision_path), config, hint=vision_path.name, stored=stored
+    )
+
+
 def load_pretrained(
     path: str | os.PathLike,
     config: str | TIPSConfig | None = None,
     tokenizer: str | os.PathLike | Tokenizer | None = None,
     device: str | torch.device | None = None,
+    revision: str | None = None,
+    vision_only: bool = False,
+    local_files_only: bool | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> TIPSModel:
     """Loads a TIPS model from
 
     - an official ``*_vision.npz`` (its sibling ``*_text.npz`` is loaded too when present) or ``*_text.npz``;
-    - an HF-format directory (``config.json`` + ``model.safetensors``, as ``Tipsv2Model.save_pretrained``
-      writes it);
+    - an HF-format directory (``config.json`` + ``model.safetensors``): what ``Tipsv2Model.save_pretrained``
+      and ``TIPSModel.save_pretrained`` write, and the original hub repos (official keys under
+      ``vision_encoder.`` / ``text_encoder.``, flat ``config.json`` with a top-level ``temperature``);
+    - a Hugging Face hub id ``org/name`` (at ``revision``), resolved through the local cache
+      (``HF_HUB_CACHE``) and downloaded only when not offline (``HF_HUB_OFFLINE=1``) and not
+      ``local_files_only``;
     - an open_tips training checkpoint (``.pt``, loaded with ``weights_only=True``) or its run directory.
 
-    The architecture is read off the weights (width, depth, MLP kind, position grid); ``config`` (a registry
-    name or a TIPSConfig) overrides it. A ``tokenizer.model`` next to the checkpoint is attached unless
-    ``tokenizer`` is given.
+    The architecture is read off the weights (width, depth, MLP kind, position grid) and the config file;
+    ``config`` (a registry name or a TIPSConfig) overrides it. ``vision_only`` skips reading the text tower.
+    A ``tokenizer.model`` next to the checkpoint is attached unless ``tokenizer`` is given.
     """
     path = Path(path)
+    hint = path.name
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        if looks_like_hub_id(path):
+            hint = str(path).split("/")[-1]
+            path = resolve_hub_id(str(path), revision, cache_dir, local_files_only)
+        else:
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+    elif revision is not None:
+        raise CheckpointError(f"{path}: revision= applies to hub ids, not to a local path")
     tokenizer_dir = path if path.is_dir() else path.parent
     if path.is_dir() and (path / "config.json").is_file():
-        hf_config, flat = read_hf_dir(path)
-        vision_state, text_state, temperature = to_official(flat)
-        if temperature is None:
-            temperature = hf_config.get("temperature_init_value")
-        heads = (
-            hf_config.get("vision_config", {}).get("num_attention_heads"),
-            hf_config.get("text_config", {}).get("num_attention_heads"),
-        )
-        extra = hf_config.get("open_tips", {})
-        max_len = hf_config.get("text_config", {}).get("max_position_embeddings", 64)
-        model = _build(
-            vision_state,
-            text_state or None,
-            temperature,
-            str(path),
-            config,
-            heads,
-            extra.get("image_size"),
-            max_len,
-        )
+        model = _load_hf_dir(path, config, vision_only, hint)
     elif path.is_dir() and (path / "checkpoints").is_dir() or path.suffix in (".pt", ".pth"):
         model = _load_training_checkpoint(path, config)
+        if vision_only:
+            model.text = None
+            model.cfg.text = None
     elif path.suffix == ".npz":
-        vision_path, text_path = sibling_paths(path)
-        if vision_path is None:
-            raise CheckpointError(f"{path}: no matching *_vision.npz next to this text checkpoint")
-        vision_state = read_npz(vision_path)
-        text_state = read_npz(text_path) if text_path is not None else None
-        temperature = split_temperature(text_state) if text_state is not None else None
-        model = _build(vision_state, text_state, temperature, str(vision_path), config)
+        model = _load_npz(path, config, vision_only)
     elif path.is_dir():
         found = sorted(path.glob("*_vision.npz"))
         if len(found) != 1:
             raise CheckpointError(
                 f"{path}: expected config.json or exactly one *_vision.npz, found {len(found)}"
             )
-        return load_pretrained(found[0], config=config, tokenizer=tokenizer, device=device)
+        return load_pretrained(
+            found[0], config=config, tokenizer=tokenizer, device=device, vision_only=vision_only
+        )
     else:
         raise CheckpointError(f"{path}: unknown checkpoint format (expected .npz, .pt or an HF directory)")
 
-    if tokenizer is None:
+    if tokenizer is None and not vision_only:
         found_tok = _find_tokenizer(tokenizer_dir, tokenizer_dir.parent)
         if found_tok is not None:
             tokenizer = found_tok

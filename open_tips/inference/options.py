@@ -32,9 +32,11 @@ def add_model_args(
     group.add_argument(
         "--checkpoint",
         required=True,
-        help="official *_vision.npz (its _text.npz is found beside it), HF-format directory, "
-        "or an open_tips run directory / .pt checkpoint",
+        help="official *_vision.npz (its _text.npz is found beside it), HF-format directory, a Hugging "
+        "Face hub id org/name (local cache first; downloaded unless HF_HUB_OFFLINE=1), or an open_tips run "
+        "directory / .pt checkpoint",
     )
+    group.add_argument("--revision", default=None, help="hub ids: branch, tag or commit (default main)")
     group.add_argument(
         "--config",
         default=None,
@@ -81,13 +83,27 @@ def resolve_device(name: str | None) -> torch.device:
     return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def load_checkpoint(path, config, tokenizer=None, device: torch.device | str | None = None):
+def load_checkpoint(
+    path,
+    config,
+    tokenizer=None,
+    device: torch.device | str | None = None,
+    revision: str | None = None,
+    vision_only: bool = False,
+):
     """``load_pretrained``, with a one-line error instead of a traceback for a missing or bad checkpoint."""
     import open_tips
 
     try:
-        return open_tips.load_pretrained(path, config=config, tokenizer=tokenizer, device=device)
-    except (FileNotFoundError, KeyError, open_tips.CheckpointError) as err:
+        return open_tips.load_pretrained(
+            path,
+            config=config,
+            tokenizer=tokenizer,
+            device=device,
+            revision=revision,
+            vision_only=vision_only,
+        )
+    except (FileNotFoundError, KeyError, ValueError, open_tips.CheckpointError) as err:
         fail(str(err).strip("'\""))
 
 
@@ -104,7 +120,14 @@ def input_images(inputs: list[str]) -> list[Path]:
 def load_model(args: argparse.Namespace, needs_text: bool = False):
     """(model in eval mode on the device, device, image size) from the common arguments."""
     device = resolve_device(args.device)
-    model = load_checkpoint(args.checkpoint, args.config, args.tokenizer, device)
+    model = load_checkpoint(
+        args.checkpoint,
+        args.config,
+        args.tokenizer,
+        device,
+        revision=getattr(args, "revision", None),
+        vision_only=not needs_text,
+    )
     if needs_text:
         if model.text is None:
             fail(f"{args.checkpoint}: no text tower was loaded (is the *_text.npz beside the *_vision.npz?)")
