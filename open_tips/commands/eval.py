@@ -1,63 +1,209 @@
-"""`open-tips eval`: frozen-feature evaluation on the built-in suite or COCO-style data; --compare."""
+"""`open-tips eval`: frozen-feature evaluation (built-in suite, COCO-style roots, standard dataset folders)
+into OUTPUT/results.json + results.md; `--compare RUN ...` prints a side-by-side table."""
 
 from __future__ import annotations
 
 import argparse
-import json
+import logging
+import sys
 from pathlib import Path
 
-import torch
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("eval", help="evaluate frozen features; or compare result tables")
-    parser.add_argument("--checkpoint", default=None)
-    parser.add_argument("--tasks", default="knn,linear,zeroshot,retrieval,seg,depth,normals,zeroshot-seg")
-    parser.add_argument("--data", default="builtin", help="builtin, or a COCO-style root (annotations/, train2017/, val2017/)")
-    parser.add_argument("--output", default="eval_results", help="output directory")
-    parser.add_argument("--config", default=None)
-    parser.add_argument("--tokenizer", default=None)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--image-size", type=int, default=None)
-    parser.add_argument("--num-train", type=int, default=300, help="built-in suite: training images for probes")
-    parser.add_argument("--num-test", type=int, default=200)
-    parser.add_argument("--max-images", type=int, default=None, help="COCO: images per split")
+    from open_tips.eval import TASKS
+
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate frozen features on the paper's task families; or compare result tables",
+        description="Evaluate a checkpoint's frozen features (kNN / linear / zero-shot classification, "
+        "retrieval, segmentation / depth / normals probes, zero-shot segmentation), or compare "
+        "finished evaluations side by side with --compare.",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="official *_vision.npz, HF-format directory, or an open_tips run / .pt checkpoint",
+    )
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        default=None,
+        metavar="RUN",
+        help="print a side-by-side Markdown table of results.json files / eval or run directories",
+    )
+    parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from: {', '.join(TASKS)}")
+    parser.add_argument(
+        "--data",
+        default="builtin",
+        help="'builtin' (procedural data, default), a COCO-style root (annotations/, train2017/, "
+        "val2017/), a VOC / ADE20k / CamVid / mask folder, an NYUv2-style depth folder, an "
+        "ImageFolder root, or a Karpathy retrieval JSON",
+    )
+    parser.add_argument("--output", default="eval_results", help="output directory (default: eval_results)")
+    parser.add_argument("--config", default=None, help="registry name overriding the inferred architecture")
+    parser.add_argument(
+        "--tokenizer", default=None, help="SentencePiece tokenizer.model (default: beside the checkpoint)"
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    parser.add_argument(
+        "--image-size",
+        type=_positive,
+        default=None,
+        help="model input side in pixels, rounded to the patch grid (default: the model's)",
+    )
+    parser.add_argument("--batch-size", type=_positive, default=64, help="images per forward pass")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="image-decoding processes for datasets on disk"
+    )
+    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast for feature extraction on CUDA")
     parser.add_argument("--cache-dir", default=None, help="feature cache (default: OUTPUT/cache)")
-    parser.add_argument("--compare", nargs="+", default=None, metavar="RUN",
-                        help="print a side-by-side table of results.json files / run directories")
+    parser.add_argument("--no-cache", action="store_true", help="do not read or write cached features")
+    parser.add_argument("--no-pictures", action="store_true", help="skip pca.png / zeroshot_seg.png")
+    group = parser.add_argument_group("data sizes")
+    group.add_argument(
+        "--num-train", type=_positive, default=300, help="built-in suite: training images (probes, kNN)"
+    )
+    group.add_argument("--num-test", type=_positive, default=200, help="built-in suite: test images")
+    group.add_argument(
+        "--seed", type=int, default=0, help="built-in suite: splits use seed+10000 / seed+20000"
+    )
+    group.add_argument(
+        "--max-images", type=_positive, default=None, help="datasets on disk: images per split"
+    )
+    group.add_argument("--split", default="test", help="Karpathy JSON: the split to evaluate (default test)")
+    group = parser.add_argument_group("protocol")
+    group.add_argument("--knn-k", type=_positive, default=20)
+    group.add_argument("--knn-temperature", type=float, default=0.07)
+    group.add_argument("--linear-optimizer", choices=("adamw", "lbfgs"), default="adamw")
+    group.add_argument(
+        "--probe-epochs", type=_positive, default=30, help="dense probes (seg / depth / normals)"
+    )
+    group.add_argument("--probe-lr", type=float, default=5e-2)
+    group.add_argument(
+        "--seg-with-cls", action="store_true", help="segmentation probe on patch tokens + CLS1"
+    )
+    group.add_argument("--depth-bins", type=_positive, default=256)
+    group.add_argument(
+        "--depth-range",
+        type=float,
+        nargs=2,
+        default=(1e-3, 10.0),
+        metavar=("MIN", "MAX"),
+        help="metres (default 0.001 10)",
+    )
+    group.add_argument("--depth-spacing", choices=("linear", "log"), default="linear")
+    group.add_argument(
+        "--depth-scale",
+        type=float,
+        default=1000.0,
+        help="PNG depth units per metre (default 1000: millimetres, NYUv2)",
+    )
+    group.add_argument(
+        "--templates",
+        default="default",
+        help="prompt templates: default (the 9 TIPS ones), simple, none, or a file with one per line",
+    )
+    group.add_argument(
+        "--zeroshot-background",
+        choices=("name", "threshold", "ignore"),
+        default="name",
+        help="zero-shot segmentation: 'background' as a prompted class, a cosine threshold, or "
+        "background pixels ignored (objects only)",
+    )
+    group.add_argument("--zeroshot-threshold", type=float, default=0.0)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from open_tips.eval.report import compare
+    from open_tips.eval.report import compare, markdown_table, write_results
 
     if args.compare:
-        print(compare(args.compare))
+        try:
+            print(compare(args.compare), end="")
+        except FileNotFoundError as err:
+            print(f"open-tips eval: {err}", file=sys.stderr)
+            return 1
         return 0
     if not args.checkpoint:
-        raise SystemExit("--checkpoint is required (or --compare)")
-    import open_tips
-    from open_tips.eval.features import cache_key
-    from open_tips.eval.report import markdown_table
-    from open_tips.eval.suite import ALL_TASKS, evaluate_builtin, evaluate_coco
+        print(
+            "open-tips eval: give --checkpoint (to evaluate) or --compare RUN ... (to compare)",
+            file=sys.stderr,
+        )
+        return 2
+    import torch
 
-    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
-    unknown = set(tasks) - set(ALL_TASKS)
-    if unknown:
-        raise SystemExit(f"unknown tasks {sorted(unknown)}; known: {', '.join(ALL_TASKS)}")
+    import open_tips
+    from open_tips.eval import TASKS
+    from open_tips.eval.features import model_fingerprint
+    from open_tips.eval.suite import EvalOptions, evaluate_path
+    from open_tips.inference.zeroshot import load_templates
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        print(f"open-tips eval: unknown tasks {unknown}; known: {', '.join(TASKS)}", file=sys.stderr)
+        return 2
+    if args.data != "builtin" and not Path(args.data).exists():
+        print(f"open-tips eval: no such dataset: {args.data}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = open_tips.load_pretrained(args.checkpoint, config=args.config, tokenizer=args.tokenizer, device=device)
-    checkpoint = Path(args.checkpoint)
-    key = cache_key(checkpoint.resolve(), checkpoint.stat().st_mtime, args.config) + "-"
-    cache_dir = args.cache_dir or str(Path(args.output) / "cache")
-    if args.data == "builtin":
-        results = evaluate_builtin(model, args.output, image_size=args.image_size, device=device, tasks=tasks,
-                                   num_train=args.num_train, num_test=args.num_test, cache_dir=cache_dir, key=key)
-    else:
-        results = evaluate_coco(model, args.data, args.output, image_size=args.image_size or 224, device=device,
-                                tasks=tasks, cache_dir=cache_dir, key=key, max_images=args.max_images)
-    results["model"] = str(checkpoint)
-    (Path(args.output) / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (Path(args.output) / "results.md").write_text(markdown_table(results))
-    print(markdown_table(results))
+    try:
+        templates = load_templates(args.templates)
+        model = open_tips.load_pretrained(
+            args.checkpoint, config=args.config, tokenizer=args.tokenizer, device=device
+        )
+    except (FileNotFoundError, KeyError, ValueError, open_tips.CheckpointError) as err:
+        print(f"open-tips eval: {str(err).strip(chr(39))}", file=sys.stderr)
+        return 2
+    output = Path(args.output)
+    options = EvalOptions(
+        image_size=args.image_size,
+        device=device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        amp=args.amp,
+        cache_dir=None
+        if args.no_cache
+        else str(Path(args.cache_dir) if args.cache_dir else output / "cache"),
+        model_key=None if args.no_cache else model_fingerprint(args.checkpoint, args.config, args.tokenizer),
+        knn_k=args.knn_k,
+        knn_temperature=args.knn_temperature,
+        linear_optimizer=args.linear_optimizer,
+        probe_epochs=args.probe_epochs,
+        probe_lr=args.probe_lr,
+        seg_with_cls=args.seg_with_cls,
+        depth_bins=args.depth_bins,
+        depth_min=args.depth_range[0],
+        depth_max=args.depth_range[1],
+        depth_spacing=args.depth_spacing,
+        depth_scale=args.depth_scale,
+        templates=templates,
+        zeroshot_background=args.zeroshot_background,
+        zeroshot_threshold=args.zeroshot_threshold,
+        pictures=not args.no_pictures,
+    )
+    results = evaluate_path(
+        model,
+        args.data,
+        output,
+        tasks=tasks,
+        num_train=args.num_train,
+        num_test=args.num_test,
+        max_images=args.max_images,
+        seed=args.seed,
+        options=options,
+        **({"split": args.split} if args.data.endswith(".json") else {}),
+    )
+    results = {"model": str(args.checkpoint), **({"config": args.config} if args.config else {}), **results}
+    write_results(results, output)  # again, now with the model's name
+    print(markdown_table(results), end="")
+    print(f"wrote {output / 'results.json'} and {output / 'results.md'}", file=sys.stderr)
     return 0

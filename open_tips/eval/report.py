@@ -1,69 +1,145 @@
-"""results.json + a Markdown table per evaluation; side-by-side comparison of several runs."""
+"""Evaluation reports: ``results.json`` + ``results.md`` per run, and a side-by-side table of several runs.
+
+results.json layout::
+
+    {"suite": "builtin" | "coco" | ..., "model": str, "image_size": int, ...,
+     "tasks": {task: {metric: float, ..., "settings": {...}}},   # e.g. "seg": {"miou": 0.41, ...}
+     "seconds": {task: float}}
+
+Metric values are floats; ``settings`` (the hyperparameters a task used or chose) is kept in the JSON and
+left out of the tables.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-# For each metric, whether larger is better (used to mark the best run in comparisons).
-LOWER_IS_BETTER = ("rmse", "abs_rel", "angular_rmse", "angular_mean")
+from open_tips.eval.metrics import LOWER_IS_BETTER
+
+META_KEYS = ("suite", "model", "data", "image_size", "num_train", "num_test")
 
 
-def flatten(results: dict) -> dict[str, float]:
-    flat = {}
+def flatten(results: Mapping) -> dict[str, float]:
+    """{"task/metric": value} over the numeric metrics of every task (``settings`` left out)."""
+    flat: dict[str, float] = {}
     for task, metrics in results.get("tasks", {}).items():
         for name, value in metrics.items():
-            if isinstance(value, (int, float)):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
                 flat[f"{task}/{name}"] = float(value)
     return flat
 
 
 def _fmt(value: float | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or math.isnan(value):
         return "-"
     return f"{value:.4f}"
 
 
-def markdown_table(results: dict) -> str:
-    lines = [f"# Evaluation: {results.get('suite', '?')} suite", "",
-             f"model: `{results.get('model', '?')}`, image size {results.get('image_size', '?')}", "",
-             "| task | metric | value |", "| --- | --- | --- |"]
+def markdown_table(results: Mapping) -> str:
+    """One row per task, one column per metric name in the task (a compact table of all results)."""
+    meta = ", ".join(f"{k} {results[k]}" for k in META_KEYS if k in results and k != "suite")
+    lines = [f"# Evaluation: {results.get('suite', '?')} suite", "", meta, ""]
+    lines += ["| task | metric | value |", "| --- | --- | --- |"]
     for key, value in flatten(results).items():
         task, metric = key.split("/", 1)
         lines.append(f"| {task} | {metric} | {_fmt(value)} |")
+    seconds = results.get("seconds")
+    if seconds:
+        lines += ["", "Seconds per task: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items())]
     return "\n".join(lines) + "\n"
 
 
-def write_results(results: dict, output_dir: str | Path) -> tuple[Path, Path]:
+def _json_default(value: object) -> object:
+    if hasattr(value, "item"):  # tensors / numpy scalars
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return str(value)
+    raise TypeError(f"cannot store {type(value).__name__} in results.json")
+
+
+def write_results(results: Mapping, output_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Writes ``results.json`` and ``results.md`` into ``output_dir``; returns their paths. NaN is stored
+    as null (valid JSON) and read back as NaN by ``load_results``."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = output_dir / "results.json", output_dir / "results.md"
-    json_path.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    json_path.write_text(json.dumps(_nan_to_none(results), indent=2, default=_json_default) + "\n")
     md_path.write_text(markdown_table(results))
     return json_path, md_path
 
 
-def load_results(path: str | Path) -> dict:
-    """A results.json, or a directory holding one (directly, in eval/ or in a run's eval/)."""
+def _nan_to_none(value: object) -> object:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
+def _none_to_nan(results: dict) -> dict:
+    for metrics in results.get("tasks", {}).values():
+        for name, value in list(metrics.items()):
+            if value is None:
+                metrics[name] = math.nan
+    return results
+
+
+def load_results(path: str | os.PathLike) -> dict:
+    """A results.json, or a directory holding one (directly, or in its ``eval/``, as a training run)."""
     path = Path(path)
     for candidate in (path, path / "results.json", path / "eval" / "results.json"):
         if candidate.is_file():
-            return json.loads(candidate.read_text())
-    raise FileNotFoundError(f"no results.json at {path}")
+            return _none_to_nan(json.loads(candidate.read_text()))
+    raise FileNotFoundError(f"no results.json at {path} (nor in {path / 'eval'})")
 
 
-def compare(paths: list[str | Path]) -> str:
-    runs = [(str(p), flatten(load_results(p))) for p in paths]
-    keys = sorted({k for _, flat in runs for k in flat})
-    header = "| metric | " + " | ".join(Path(name).name or name for name, _ in runs) + " |"
-    lines = [header, "|" + " --- |" * (len(runs) + 1)]
+def _run_names(paths: Sequence[str]) -> list[str]:
+    """The shortest distinct trailing parts of the paths, after dropping a trailing ``results.json`` and a
+    trailing ``eval`` (a training run's evaluation folder): "runs/a/eval", "runs/b" -> "a", "b"."""
+    parts = []
+    for p in paths:
+        items = list(Path(p).parts)
+        if len(items) > 1 and items[-1] == "results.json":
+            items = items[:-1]
+        if len(items) > 1 and items[-1] == "eval":
+            items = items[:-1]
+        parts.append(items or [str(p)])
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [f"{i}:{p}" for i, p in enumerate(paths)]
+
+
+def compare(runs: Sequence[str | os.PathLike | Mapping], names: Sequence[str] | None = None) -> str:
+    """A Markdown table, one row per metric and one column per run (results.json paths, run directories or
+    results dicts); the best value of each row is in bold (the smallest for errors such as RMSE)."""
+    loaded = [load_results(r) if not isinstance(r, Mapping) else dict(r) for r in runs]
+    if names is None:
+        path_names = _run_names([str(r) for r in runs if not isinstance(r, Mapping)])
+        path_iter = iter(path_names)
+        names = [
+            next(path_iter) if not isinstance(r, Mapping) else str(r.get("model", f"run {i}"))
+            for i, r in enumerate(runs)
+        ]
+    flats = [flatten(r) for r in loaded]
+    keys = list(dict.fromkeys(k for flat in flats for k in flat))  # first-seen order: tasks stay grouped
+    lines = ["| metric | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(flats)]
+    for key in ("suite", "image_size"):
+        if any(key in r for r in loaded):
+            lines.append(f"| *{key}* | " + " | ".join(str(r.get(key, "-")) for r in loaded) + " |")
     for key in keys:
-        values = [flat.get(key) for _, flat in runs]
+        values = [flat.get(key) for flat in flats]
         present = [v for v in values if v is not None and not math.isnan(v)]
         best = None
-        if len(present) > 1:
-            best = min(present) if key.split("/")[-1] in LOWER_IS_BETTER else max(present)
-        cells = [(f"**{_fmt(v)}**" if v is not None and v == best else _fmt(v)) for v in values]
+        if len(present) > 1 and len(set(present)) > 1:
+            best = min(present) if key.rsplit("/", 1)[-1] in LOWER_IS_BETTER else max(present)
+        cells = [f"**{_fmt(v)}**" if v is not None and v == best else _fmt(v) for v in values]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

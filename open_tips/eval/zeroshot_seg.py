@@ -1,20 +1,82 @@
-"""Zero-shot segmentation (MaskCLIP value trick on the last block, prompt-averaged class text), mIoU."""
+"""Zero-shot segmentation, official notebook protocol in "whole" mode on cached features: value-trick patch
+tokens (MaskCLIP: the last block uses v -> proj instead of attention, ``model.vision.forward_value_trick``),
+L2-normalised, cosine with class embeddings averaged over the 9 TIPS prompt templates, bilinear upsampling
+of the cosines to the mask size, argmax; mIoU against the ground truth.
+
+Background, two ways:
+- ``background="name"``: "background" (or whatever the first class name is) is one more prompted class and
+  competes in the argmax like any other;
+- ``background="threshold"``: only the object classes are prompted; a pixel whose best cosine is below
+  ``threshold`` is labelled background (class 0). The cosine scale differs between models, so a
+  threshold must be chosen per model; "name" needs no tuning and is the default;
+- ``background="ignore"``: only the object classes are prompted and ground-truth background pixels are
+  left out (the "VOC20" / "Context59" protocols): mIoU over the object classes only. Useful when the model
+  never learnt the word "background" (the built-in captions never mention it).
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from open_tips.eval.metrics import confusion_matrix, mean_iou, pixel_accuracy
-from open_tips.inference.zeroshot import class_embeddings
+from open_tips.eval.metrics import IGNORE, confusion_matrix, segmentation_metrics
+from open_tips.inference.zeroshot import TIPS_TEMPLATES, class_embeddings
 
 
-def zeroshot_segmentation(model, value_tokens: torch.Tensor, masks: torch.Tensor, class_names: list[str],
-                          templates: list[str], ignore_index: int = 255) -> dict[str, float]:
-    """value_tokens [N, h, w, D] from ``forward_value_trick``; masks [N, H, W] indexing ``class_names``
-    (include a "background" name when the masks have a background class)."""
-    classes = class_embeddings(model, class_names, templates).float().cpu()
-    cosine = torch.einsum("nhwd,cd->nchw", F.normalize(value_tokens.float(), dim=-1), classes)
-    logits = F.interpolate(cosine, size=tuple(masks.shape[1:]), mode="bilinear", align_corners=False)
-    confusion = confusion_matrix(logits.argmax(dim=1), masks, len(class_names), ignore_index)
-    return {"miou": mean_iou(confusion), "pixel_accuracy": pixel_accuracy(confusion)}
+def zeroshot_seg_labels(
+    value_tokens: torch.Tensor, classes: torch.Tensor, size: tuple[int, int], threshold: float | None = None
+) -> torch.Tensor:
+    """[B, H, W] labels from value tokens [B, h, w, D] and unit class embeddings [C, D]. With ``threshold``
+    the classes are objects only and the result is shifted by one: 0 = background (best cosine below the
+    threshold), 1..C = the classes."""
+    cosine = torch.einsum("bhwd,cd->bchw", F.normalize(value_tokens.float(), dim=-1), classes.float())
+    cosine = F.interpolate(cosine, size=size, mode="bilinear", align_corners=False)
+    best, labels = cosine.max(dim=1)
+    if threshold is None:
+        return labels
+    return torch.where(best < threshold, torch.zeros_like(labels), labels + 1)
+
+
+def zeroshot_segmentation(
+    model,
+    value_tokens: torch.Tensor,
+    masks: torch.Tensor,
+    class_names: list[str],
+    templates: list[str] | None = None,
+    *,
+    background: str = "name",
+    threshold: float = 0.0,
+    classes: torch.Tensor | None = None,
+    chunk: int = 32,
+) -> dict:
+    """mIoU / pixel accuracy of zero-shot labels. ``masks`` [N, H, W] index ``class_names`` (IGNORE = 255
+    left out); with a background class it must be class 0, named e.g. "background". ``background``: see the
+    module docstring ("threshold" and "ignore" prompt ``class_names[1:]`` only). ``classes``: precomputed unit class
+    embeddings for the prompted classes."""
+    if background not in ("name", "threshold", "ignore"):
+        raise ValueError(f"background must be 'name', 'threshold' or 'ignore', got {background!r}")
+    prompted = class_names if background == "name" else class_names[1:]
+    if classes is None:
+        classes = class_embeddings(model, prompted, templates or TIPS_TEMPLATES)
+    classes = classes.float().cpu()
+    num_classes = len(class_names)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    for start in range(0, masks.shape[0], chunk):
+        labels = zeroshot_seg_labels(
+            value_tokens[start : start + chunk],
+            classes,
+            tuple(masks.shape[1:]),
+            threshold if background == "threshold" else None,
+        )
+        target = masks[start : start + chunk]
+        if background == "ignore":
+            labels = labels + 1  # object classes are 1..K in the masks
+            target = torch.where(target == 0, torch.full_like(target, IGNORE), target)
+        confusion += confusion_matrix(labels, target, num_classes, IGNORE)
+    result: dict = segmentation_metrics(confusion)
+    result["settings"] = {
+        "background": background,
+        "templates": len(templates or TIPS_TEMPLATES),
+        **({"threshold": threshold} if background == "threshold" else {}),
+    }
+    return result
