@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -269,11 +270,64 @@ def hf_config_dict(model) -> dict:
     }
 
 
+def image_processor_dict(image_size: int) -> dict:
+    """transformers' ``Tipsv2ImageProcessor`` settings for a model trained at ``image_size``: a square
+    bilinear resize, pixels scaled to [0, 1], no mean/std normalisation."""
+    return {
+        "image_processor_type": "Tipsv2ImageProcessor",
+        "do_convert_rgb": True,
+        "do_resize": True,
+        "size": {"height": image_size, "width": image_size},
+        "resample": 2,  # PIL.Image.BILINEAR
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": False,
+    }
+
+
+def tokenizer_config_dict(tokenizer, max_len: int) -> dict:
+    """``tokenizer_config.json`` for transformers' ``Tipsv2Tokenizer``, which builds its BPE from the
+    ``tokenizer.model`` beside it: lower-cased, no BOS/EOS, right padding with id 0."""
+    piece = tokenizer.processor.IdToPiece
+    return {
+        "tokenizer_class": "Tipsv2Tokenizer",
+        "processor_class": "Tipsv2Processor",
+        "model_max_length": max_len,
+        "do_lower_case": True,
+        "pad_token": piece(0),
+        "unk_token": piece(1) if tokenizer.vocab_size > 1 else "<unk>",
+        "bos_token": None,
+        "eos_token": None,
+        "padding_side": "right",
+    }
+
+
+def processor_files(model) -> dict[str, dict]:
+    """The JSON files with which ``AutoProcessor`` / ``AutoTokenizer`` / ``AutoImageProcessor`` and
+    ``pipeline("zero-shot-image-classification")`` rebuild the preprocessing of an export."""
+    images = image_processor_dict(model.cfg.image_size)
+    files = {"preprocessor_config.json": images}
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is not None and getattr(tokenizer, "model_path", None):
+        if tokenizer.model_type != "bpe":
+            warnings.warn(
+                f"{tokenizer.model_path}: a SentencePiece {tokenizer.model_type} model; transformers' "
+                "Tipsv2Tokenizer reads tokenizer.model as BPE and will give other token ids than open_tips "
+                "(retrain it with Tokenizer.train, which writes BPE)",
+                stacklevel=3,
+            )
+        files["tokenizer_config.json"] = tokenizer_config_dict(tokenizer, model.cfg.text.max_len)
+        files["processor_config.json"] = {"processor_class": "Tipsv2Processor", "image_processor": images}
+    return files
+
+
 def save_hf_dir(model, directory: str | os.PathLike) -> None:
-    """Writes config.json + model.safetensors (official keys, tower prefixes, temperature); the
-    directory is assembled aside and moved into place so a crash leaves no half-written model."""
+    """Writes config.json + model.safetensors (official keys, tower prefixes, temperature), the processor
+    and tokenizer configs transformers needs, and tokenizer.model; the directory is assembled aside and
+    moved into place so a crash leaves no half-written model."""
     directory = Path(directory)
     config = hf_config_dict(model)
+    extra_files = processor_files(model)
     state = {
         f"vision_encoder.{k}": v.detach().float().cpu().contiguous()
         for k, v in model.vision.state_dict().items()
@@ -290,6 +344,8 @@ def save_hf_dir(model, directory: str | os.PathLike) -> None:
     try:
         save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
         (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        for name, content in extra_files.items():
+            (staging / name).write_text(json.dumps(content, indent=2) + "\n")
         tokenizer = getattr(model, "tokenizer", None)
         if tokenizer is not None and getattr(tokenizer, "model_path", None):
             shutil.copyfile(tokenizer.model_path, staging / "tokenizer.model")

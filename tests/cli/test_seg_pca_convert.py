@@ -249,7 +249,14 @@ def test_convert_round_trip(checkpoint, model, tmp_path, capsys):
         == 0
     )
     assert "max relative error" in capsys.readouterr().out
-    assert {p.name for p in hf_dir.iterdir()} == {"config.json", "model.safetensors", "tokenizer.model"}
+    assert {p.name for p in hf_dir.iterdir()} == {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.model",
+        "tokenizer_config.json",
+        "preprocessor_config.json",
+        "processor_config.json",
+    }
     back = tmp_path / "back"
     back.mkdir()
     assert (
@@ -280,3 +287,21 @@ def test_convert_round_trip(checkpoint, model, tmp_path, capsys):
             again.encode_text(ids, padding), model.encode_text(ids, padding), atol=1e-5, rtol=1e-5
         )
     assert float(again.temperature.detach()) == pytest.approx(float(model.temperature.detach()), rel=1e-6)
+
+
+def test_convert_compares_what_a_user_would_load(checkpoint, tmp_path, capsys, monkeypatch):
+    """HF -> npz without --config: the npz records the 4 heads, so the reloaded model is the same; when the
+    record is suppressed (as a writer without it would), the reload gets 1 head and convert fails."""
+    hf_dir = tmp_path / "hf"
+    assert (
+        main(["convert", "--checkpoint", str(checkpoint), "--output", str(hf_dir), "--config", "tiny"]) == 0
+    )
+    assert main(["convert", "--checkpoint", str(hf_dir), "--output", str(tmp_path / "ok_vision.npz")]) == 0
+    assert open_tips.load_pretrained(tmp_path / "ok_vision.npz").cfg.vision.heads == 4
+    import open_tips.formats.official as official
+
+    monkeypatch.setattr(official, "needs_metadata", lambda *a: False)
+    capsys.readouterr()
+    assert main(["convert", "--checkpoint", str(hf_dir), "--output", str(tmp_path / "lost_vision.npz")]) == 1
+    error = float(capsys.readouterr().out.split("max relative error ")[1].split()[0])
+    assert error > 1e-2
