@@ -11,7 +11,19 @@ __all__ = [
     "TIPSConfig",
     "TIPSModel",
     "create_model",
+    "create_model_and_transforms",
+    "ImageTransform",
     "get_config",
     "list_configs",
     "load_pretrained",
 ]
+
+
+def __getattr__(name: str):
+    # imported on first use: the transforms pull in torchvision (about 2 s), which `open-tips --help` and
+    # plain loading do not need
+    if name in ("ImageTransform", "create_model_and_transforms"):
+        from open_tips.inference import transforms
+
+        return getattr(transforms, name)
+    raise AttributeError(f"module 'open_tips' has no attribute {name!r}")
