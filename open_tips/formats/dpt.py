@@ -537,7 +537,7 @@ def load_dense_heads(
                     f"{path}: not an HF Tipsv2Dpt directory (config.json model_type tipsv2_dpt)"
                 )
             decoders, _, _ = read_hf_dpt_dir(path)
-        elif zipfile.is_zipfile(path) and path.suffix != ".safetensors":
+        elif path.suffix.lower() == ".zip" or (path.suffix != ".safetensors" and zipfile.is_zipfile(path)):
             decoder = read_scenic_zip(path, backbone_depth=backbone_depth)
             decoders = {decoder.task: decoder}
         else:

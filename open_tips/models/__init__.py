@@ -8,11 +8,14 @@ from open_tips.models.configs import (
     list_configs,
     register_config,
 )
+from open_tips.models.dpt import DPTConfig, DPTDecoder
 from open_tips.models.text import TextTransformer
 from open_tips.models.tips import TIPSModel, create_model
 from open_tips.models.vision import ImageEmbeddings, VisionTransformer
 
 __all__ = [
+    "DPTConfig",
+    "DPTDecoder",
     "ImageEmbeddings",
     "TIPSConfig",
     "TIPSModel",

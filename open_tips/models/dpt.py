@@ -14,7 +14,8 @@ The released decoders (official Scenic zips and HF ``google/tipsv2-*-dpt``) shar
    corners aligned) and mixes channels with a 1x1 convolution.
 4. A 3x3 convolution ("project"), optionally a ReLU, then a per-pixel Linear layer to the task's outputs.
 
-The decoder output has 8x the patch grid (256 x 256 for a 448 px input). The tasks read it as:
+The decoder output is 16 x ceil(h / 2) by 16 x ceil(w / 2) for an h x w patch grid: 8x the grid when its
+sides are even (256 x 256 for a 448 px input). The tasks read it as:
 - depth: 256 logits per pixel; ``relu(logit) + min_depth`` is normalised to sum to one over the bins and
   the depth is the expectation over linearly spaced bin centres in [min_depth, max_depth] metres;
 - normals: three raw values, L2-normalised at prediction time;
@@ -209,7 +210,7 @@ class DPTDecoder(nn.Module):
 
     ``forward(tokens)`` takes the four [B, 2 + h*w, D] sequences that
     ``VisionTransformer.get_intermediate_layers(pixels, cfg.layers, norm=True)`` returns (index 0 = CLS1)
-    and gives the raw task output at 8x the patch grid: depth in metres [B, 1, 8h, 8w], unnormalised normals
+    and gives the raw task output at 16 x ceil(h / 2) by 16 x ceil(w / 2) (8x an even grid): depth in metres [B, 1, 8h, 8w], unnormalised normals
     [B, 3, 8h, 8w] or class logits [B, C, 8h, 8w]. ``predict`` resizes to a target size the way the
     official notebook does and normalises normals.
     """

@@ -89,6 +89,13 @@ class TIPSModel(nn.Module):
 
         return save_official_npz(self, stem)
 
+    def predict_dense(self, pixels: torch.Tensor, decoders, size=None, return_logits: bool = False) -> dict:
+        """Depth / normals / segmentation from DPT decoders (``open_tips.formats.dpt.load_dense_heads``);
+        see ``open_tips.inference.dense_heads.predict_dense``."""
+        from open_tips.inference.dense_heads import predict_dense
+
+        return predict_dense(self, decoders, pixels, size=size, return_logits=return_logits)
+
 
 def create_model(name_or_config: str | TIPSConfig, tokenizer=None) -> TIPSModel:
     """A randomly initialised model from a registry name or a config."""
