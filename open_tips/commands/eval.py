@@ -1,5 +1,6 @@
-"""`open-tips eval`: frozen-feature evaluation (built-in suite, COCO-style roots, standard dataset folders)
-into OUTPUT/results.json + results.md; `--compare RUN ...` prints a side-by-side table."""
+"""`open-tips eval`: frozen-feature evaluation of a checkpoint on a registered suite (`--suite NAME --data
+ROOT`; the built-in suite by default) into OUTPUT/results.json + results.md; `--compare RUN ...` prints a
+side-by-side table; `--list` the suites. Suite and task names come from `open_tips.eval.registry`."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ def _positive(text: str) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from open_tips.eval import TASKS
+    from open_tips.eval.registry import suite_names, task_names
+
+    TASKS = task_names()
 
     parser = subparsers.add_parser(
         "eval",
@@ -38,14 +41,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="RUN",
         help="print a side-by-side Markdown table of results.json files / eval or run directories",
     )
-    parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from: {', '.join(TASKS)}")
+    parser.add_argument(
+        "--tasks",
+        default=None,
+        help=f"comma-separated, from: {', '.join(TASKS)} (default: the suite's tasks, those the model "
+        "cannot run skipped; tasks named here must run)",
+    )
+    parser.add_argument(
+        "--suite",
+        default="auto",
+        choices=("auto", *suite_names()),
+        help="dataset layout (default auto: builtin without --data, else detected from the files); "
+        "--list describes each",
+    )
     parser.add_argument(
         "--data",
         default="builtin",
-        help="'builtin' (procedural data, default), a COCO-style root (annotations/, train2017/, "
-        "val2017/), a VOC / ADE20k / CamVid / mask folder, an NYUv2-style depth folder, an "
-        "ImageFolder root, or a Karpathy retrieval JSON",
+        help="the dataset's root (or a Karpathy JSON file); 'builtin' for the procedural suite",
     )
+    parser.add_argument("--list", action="store_true", help="list the suites, their layouts and tasks")
     parser.add_argument("--output", default="eval_results", help="output directory (default: eval_results)")
     parser.add_argument("--config", default=None, help="registry name overriding the inferred architecture")
     parser.add_argument(
@@ -118,41 +132,87 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "background pixels ignored (objects only)",
     )
     group.add_argument("--zeroshot-threshold", type=float, default=0.0)
+    group.add_argument(
+        "--zeroshot-mode",
+        choices=("whole", "slide"),
+        default="whole",
+        help="zero-shot segmentation: whole image, or sliding windows (notebook protocol)",
+    )
+    group.add_argument(
+        "--zeroshot-size",
+        type=_positive,
+        default=None,
+        help="zero-shot segmentation: short side in pixels (default: --image-size; 448 for the papers)",
+    )
+    group.add_argument(
+        "--window", type=_positive, default=None, help="slide: window side (default: the short side)"
+    )
+    group.add_argument(
+        "--stride", type=_positive, default=None, help="slide: stride (default: 3/4 of the window)"
+    )
+    group.add_argument(
+        "--depth-crop",
+        choices=("auto", "eigen", "none"),
+        default="auto",
+        help="nyuv2: the standard Eigen evaluation crop (auto: on 480x640 maps)",
+    )
+    group.add_argument(
+        "--no-merge", action="store_true", help="replace OUTPUT/results.json instead of merging into it"
+    )
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from open_tips.eval.report import compare, markdown_table, write_results
+def _list_suites() -> str:
+    from open_tips.eval.registry import get_suite, suite_names
 
+    lines = []
+    for name in suite_names():
+        suite = get_suite(name)
+        lines += [
+            f"{name}: {suite.summary}",
+            f"    tasks:  {', '.join(suite.tasks)}",
+            f"    layout: {suite.layout}",
+            f"    source: {suite.source}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"open-tips eval: {message}", file=sys.stderr)
+    return code
+
+
+def run(args: argparse.Namespace) -> int:
+    from open_tips.eval.report import compare, markdown_table
+
+    if args.list:
+        print(_list_suites(), end="")
+        return 0
     if args.compare:
         try:
             print(compare(args.compare), end="")
-        except FileNotFoundError as err:
-            print(f"open-tips eval: {err}", file=sys.stderr)
-            return 1
+        except (FileNotFoundError, ValueError) as err:
+            return _fail(str(err), 1)
         return 0
     if not args.checkpoint:
-        print(
-            "open-tips eval: give --checkpoint (to evaluate) or --compare RUN ... (to compare)",
-            file=sys.stderr,
-        )
-        return 2
+        return _fail("give --checkpoint (to evaluate), --compare RUN ... (to compare) or --list")
     import torch
 
     import open_tips
-    from open_tips.eval import TASKS
     from open_tips.eval.features import model_fingerprint
-    from open_tips.eval.suite import EvalOptions, evaluate_path
+    from open_tips.eval.registry import EvalError, task_names
+    from open_tips.eval.suite import EvalOptions, evaluate
     from open_tips.inference.zeroshot import load_templates
 
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown or not tasks:
-        print(f"open-tips eval: unknown tasks {unknown}; known: {', '.join(TASKS)}", file=sys.stderr)
-        return 2
-    if args.data != "builtin" and not Path(args.data).exists():
-        print(f"open-tips eval: no such dataset: {args.data}", file=sys.stderr)
-        return 2
+    tasks = None
+    if args.tasks is not None:
+        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        unknown = [t for t in tasks if t not in task_names()]
+        if unknown or not tasks:
+            return _fail(f"unknown tasks {unknown}; known: {', '.join(task_names())}")
+    data = None if args.data == "builtin" else args.data
+    if data is not None and not Path(data).exists():
+        return _fail(f"no such dataset: {data}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -161,8 +221,7 @@ def run(args: argparse.Namespace) -> int:
             args.checkpoint, config=args.config, tokenizer=args.tokenizer, device=device
         )
     except (FileNotFoundError, KeyError, ValueError, open_tips.CheckpointError) as err:
-        print(f"open-tips eval: {str(err).strip(chr(39))}", file=sys.stderr)
-        return 2
+        return _fail(str(err).strip(chr(39)))
     output = Path(args.output)
     options = EvalOptions(
         image_size=args.image_size,
@@ -173,7 +232,14 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=None
         if args.no_cache
         else str(Path(args.cache_dir) if args.cache_dir else output / "cache"),
-        model_key=None if args.no_cache else model_fingerprint(args.checkpoint, args.config, args.tokenizer),
+        model_key=model_fingerprint(args.checkpoint, args.config, args.tokenizer),
+        checkpoint=str(args.checkpoint),
+        config=args.config,
+        num_train=args.num_train,
+        num_test=args.num_test,
+        seed=args.seed,
+        max_images=args.max_images,
+        split=args.split,
         knn_k=args.knn_k,
         knn_temperature=args.knn_temperature,
         linear_optimizer=args.linear_optimizer,
@@ -185,25 +251,22 @@ def run(args: argparse.Namespace) -> int:
         depth_max=args.depth_range[1],
         depth_spacing=args.depth_spacing,
         depth_scale=args.depth_scale,
+        depth_crop=args.depth_crop,
         templates=templates,
+        templates_name=args.templates,
         zeroshot_background=args.zeroshot_background,
         zeroshot_threshold=args.zeroshot_threshold,
+        zeroshot_mode=args.zeroshot_mode,
+        zeroshot_size=args.zeroshot_size,
+        zeroshot_window=args.window,
+        zeroshot_stride=args.stride,
         pictures=not args.no_pictures,
+        merge=not args.no_merge,
     )
-    results = evaluate_path(
-        model,
-        args.data,
-        output,
-        tasks=tasks,
-        num_train=args.num_train,
-        num_test=args.num_test,
-        max_images=args.max_images,
-        seed=args.seed,
-        options=options,
-        **({"split": args.split} if args.data.endswith(".json") else {}),
-    )
-    results = {"model": str(args.checkpoint), **({"config": args.config} if args.config else {}), **results}
-    write_results(results, output)  # again, now with the model's name
+    try:
+        results = evaluate(model, args.suite, data, output, tasks=tasks, options=options)
+    except EvalError as err:
+        return _fail(str(err))
     print(markdown_table(results), end="")
     print(f"wrote {output / 'results.json'} and {output / 'results.md'}", file=sys.stderr)
     return 0

@@ -2,10 +2,15 @@
 
 One module per task (``knn``, ``linear``, ``zeroshot``, ``retrieval``, ``segmentation``, ``depth``,
 ``normals``, ``zeroshot_seg``), shared pieces (``metrics``, ``features`` with its on-disk cache,
-``dense_probe``), the suites (``suite.evaluate_builtin`` / ``evaluate_coco`` / ``evaluate_folder`` /
-``evaluate_path``), ``report`` (results.json, Markdown, ``compare``) and ``pictures`` (PCA and zero-shot
+``dense_probe``), the task and suite registry (``registry``; tasks in ``tasks/``, suites in ``suites/``,
+one module each), the runner (``suite.evaluate``), ``report`` (results.json, Markdown, ``compare``) and ``pictures`` (PCA and zero-shot
 segmentation PNGs). Modules are imported on use; see docs/eval.md.
 """
 
-# The task names of `open-tips eval --tasks` (here, so that the CLI parser needs no heavy import).
-TASKS = ("knn", "linear", "zeroshot", "retrieval", "seg", "depth", "normals", "zeroshot-seg")
+
+def __getattr__(name: str):
+    if name == "TASKS":  # the registered task names (open_tips.eval.registry.task_names)
+        from open_tips.eval.registry import task_names
+
+        return task_names()
+    raise AttributeError(name)

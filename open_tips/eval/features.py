@@ -8,7 +8,9 @@ the cache. The cache file name is a hash of
 - the dataset: whatever identifies its images (a generator's parameters, or the file list with sizes and
   modification times: ``dataset_fingerprint``);
 - the image size.
-Value-trick tokens (zero-shot segmentation) are cached in a second file beside the plain features.
+CLS tokens, patch tokens and value-trick tokens are cached as separate entries (classification needs only
+the first), each in parts of ``shard_size`` images written as they complete: a half-finished extraction
+resumes from its last complete part.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -28,7 +31,7 @@ from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # bump when the stored layout or the preprocessing changes
+CACHE_VERSION = 2  # bump when the stored layout or the preprocessing changes
 
 ImageLike = Image.Image | str | os.PathLike
 
@@ -102,11 +105,13 @@ def dataset_fingerprint(*parts: object, files: Sequence[str | os.PathLike] = ())
 
 
 def cache_paths(
-    cache_dir: str | os.PathLike, model_key: str, dataset_key: str, image_size: int
-) -> tuple[Path, Path]:
-    """(plain features file, value-trick tokens file)."""
-    stem = _hash(CACHE_VERSION, model_key, dataset_key, image_size)
-    return Path(cache_dir) / f"{stem}.pt", Path(cache_dir) / f"{stem}-value.pt"
+    cache_dir: str | os.PathLike, model_key: str, dataset_key: str, image_size: int, count: int | None = None
+) -> dict[str, Path]:
+    """The cache entry folders of one (model, dataset, size): ``{"cls", "patch", "value"}`` -> folder of
+    ``part-NNNNN.pt`` files (CLS tokens, patch tokens, value-trick tokens), each holding ``shard_size``
+    consecutive images, so that an interrupted extraction resumes at its first missing part."""
+    stem = _hash(CACHE_VERSION, model_key, dataset_key, image_size, count)
+    return {kind: Path(cache_dir) / f"{stem}-{kind}" for kind in ("cls", "patch", "value")}
 
 
 def to_pixels(image: Image.Image, size: int | tuple[int, int]) -> torch.Tensor:
@@ -174,7 +179,17 @@ def _load_cached(path: Path) -> dict | None:
 def _save(path: Path, tensors: dict) -> None:
     from open_tips.formats.common import atomic_write
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: torch.save(tensors, tmp))
+
+
+KIND_FIELDS = {"cls": ("cls_web", "cls_synthetic"), "patch": ("patch_tokens",), "value": ("value_tokens",)}
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
 @torch.no_grad()
@@ -186,6 +201,7 @@ def extract_features(
     batch_size: int = 64,
     device: torch.device | str | None = None,
     value_trick: bool = False,
+    patches: bool = True,
     cache_dir: str | os.PathLike | None = None,
     model_key: str | None = None,
     dataset_key: str | None = None,
@@ -193,79 +209,111 @@ def extract_features(
     amp: bool = False,
     desc: str = "features",
     progress: bool = True,
+    shard_size: int = 1024,
 ) -> FeatureSet:
     """Features of ``images`` (PIL images or paths) resized to a square ``image_size`` (rounded to the patch
     grid). The model runs on ``device`` (default: where its parameters are; it is not moved) in eval mode,
     batches of ``batch_size``; ``amp`` runs it in bfloat16 autocast on CUDA. The result is float32 on the CPU.
-    With ``cache_dir``, ``model_key`` and ``dataset_key`` the result is stored and reused."""
-    size = patch_aligned(image_size, model.vision.patch_size)
-    base_path = value_path = None
-    if cache_dir is not None and model_key and dataset_key:
-        base_path, value_path = cache_paths(cache_dir, model_key, dataset_key, size)
-        base = _load_cached(base_path)
-        value = _load_cached(value_path) if value_trick else None
-        if (
-            base is not None
-            and len(base["cls_web"]) == len(images)
-            and (not value_trick or value is not None)
-        ):
-            log.info("features of %s from the cache %s", desc, base_path)
-            return FeatureSet(
-                base["cls_web"],
-                base["cls_synthetic"],
-                base["patch_tokens"],
-                value["value_tokens"] if value is not None else None,
-            )
+    ``patches=False`` keeps only the CLS tokens (``patch_tokens`` is then an empty [N, 0, 0, D] tensor):
+    what classification and retrieval need, 1/(h w) of the memory.
 
-    param = next(model.parameters())
-    device = torch.device(device) if device is not None else param.device
-    if param.device != device:
-        model.to(device)
-    was_training = model.training
-    model.eval()
-    loader = DataLoader(
-        _Pixels(images, size), batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda"
-    )
-    out: dict[str, list[torch.Tensor]] = {
-        "cls_web": [],
-        "cls_synthetic": [],
-        "patch_tokens": [],
-        "value_tokens": [],
-    }
-    try:
-        for pixels in tqdm(loader, desc=desc, leave=False, disable=not progress):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-                plain, value = encode_both(model, pixels.to(device, non_blocking=True), value_trick)
-            out["cls_web"].append(plain.cls_web.float().cpu())
-            out["cls_synthetic"].append(plain.cls_synthetic.float().cpu())
-            out["patch_tokens"].append(plain.patch_tokens.float().cpu())
-            if value is not None:
-                out["value_tokens"].append(value.patch_tokens.float().cpu())
-    finally:
-        model.train(was_training)
-    if not out["cls_web"]:
+    With ``cache_dir``, ``model_key`` and ``dataset_key`` the result is stored in parts of ``shard_size``
+    images as they complete and reused: a second call reads them, an interrupted one resumes at the first
+    missing part. Progress (a bar with ``progress``, and a log line per part) shows the rate and an ETA."""
+    size = patch_aligned(image_size, model.vision.patch_size)
+    count = len(images)
+    if count == 0:
         raise ValueError(f"{desc}: no images")
-    result = FeatureSet(
-        torch.cat(out["cls_web"]),
-        torch.cat(out["cls_synthetic"]),
-        torch.cat(out["patch_tokens"]),
-        torch.cat(out["value_tokens"]) if value_trick else None,
-    )
-    if base_path is not None:
-        _save(
-            base_path,
-            {
-                "cls_web": result.cls_web,
-                "cls_synthetic": result.cls_synthetic,
-                "patch_tokens": result.patch_tokens,
-                "model": model_key,
-                "dataset": dataset_key,
-                "image_size": size,
-            },
+    kinds = ["cls"] + (["patch"] if patches else []) + (["value"] if value_trick else [])
+    num_parts = -(-count // shard_size)
+    bounds = [(p * shard_size, min(count, (p + 1) * shard_size)) for p in range(num_parts)]
+    folders = None
+    if cache_dir is not None and model_key and dataset_key:
+        folders = cache_paths(cache_dir, model_key, dataset_key, size, count)
+    parts: dict[int, dict[str, torch.Tensor]] = {}
+    if folders is not None:
+        for index, (lo, hi) in enumerate(bounds):
+            loaded: dict[str, torch.Tensor] = {}
+            for kind in kinds:
+                stored = _load_cached(folders[kind] / f"part-{index:05d}.pt")
+                if stored is None or any(
+                    name not in stored or len(stored[name]) != hi - lo for name in KIND_FIELDS[kind]
+                ):
+                    loaded = {}
+                    break
+                loaded.update({name: stored[name] for name in KIND_FIELDS[kind]})
+            if loaded:
+                parts[index] = loaded
+        if parts:
+            log.info("%s: %d of %d parts from the cache %s", desc, len(parts), num_parts, folders["cls"])
+    todo = [index for index in range(num_parts) if index not in parts]
+    if todo:
+        param = next(model.parameters())
+        device = torch.device(device) if device is not None else param.device
+        if param.device != device:
+            model.to(device)
+        was_training = model.training
+        model.eval()
+        total = sum(bounds[i][1] - bounds[i][0] for i in todo)
+        done, start = 0, time.perf_counter()
+        bar = tqdm(
+            total=count, initial=count - total, desc=desc, leave=False, disable=not progress, unit="img"
         )
-        if value_trick:
-            _save(value_path, {"value_tokens": result.value_tokens})
-    return result
+        try:
+            for index in todo:
+                lo, hi = bounds[index]
+                loader = DataLoader(
+                    _Pixels(images[lo:hi], size),
+                    batch_size=batch_size,
+                    num_workers=workers,
+                    pin_memory=device.type == "cuda",
+                )
+                out: dict[str, list[torch.Tensor]] = {n: [] for kind in kinds for n in KIND_FIELDS[kind]}
+                for pixels in loader:
+                    with torch.autocast(
+                        device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"
+                    ):
+                        plain, value = encode_both(model, pixels.to(device, non_blocking=True), value_trick)
+                    out["cls_web"].append(plain.cls_web.float().cpu())
+                    out["cls_synthetic"].append(plain.cls_synthetic.float().cpu())
+                    if patches:
+                        out["patch_tokens"].append(plain.patch_tokens.float().cpu())
+                    if value is not None:
+                        out["value_tokens"].append(value.patch_tokens.float().cpu())
+                    bar.update(pixels.shape[0])
+                part = {name: torch.cat(chunks) for name, chunks in out.items()}
+                parts[index] = part
+                if folders is not None:
+                    for kind in kinds:
+                        _save(
+                            folders[kind] / f"part-{index:05d}.pt",
+                            {name: part[name] for name in KIND_FIELDS[kind]},
+                        )
+                done += hi - lo
+                elapsed = time.perf_counter() - start
+                if num_parts > 1:
+                    log.info(
+                        "%s: %d/%d images, %.1f img/s, ETA %s",
+                        desc,
+                        count - total + done,
+                        count,
+                        done / max(elapsed, 1e-9),
+                        _duration(elapsed / done * (total - done)),
+                    )
+        finally:
+            bar.close()
+            model.train(was_training)
+
+    def joined(name: str) -> torch.Tensor:
+        return torch.cat([parts[i][name] for i in range(num_parts)])
+
+    cls_web = joined("cls_web")
+    return FeatureSet(
+        cls_web,
+        joined("cls_synthetic"),
+        joined("patch_tokens") if patches else cls_web.new_zeros(count, 0, 0, cls_web.shape[-1]),
+        joined("value_tokens") if value_trick else None,
+    )
 
 
 @torch.no_grad()

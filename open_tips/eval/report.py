@@ -2,12 +2,15 @@
 
 results.json layout::
 
-    {"suite": "builtin" | "coco" | ..., "model": str, "image_size": int, ...,
-     "tasks": {task: {metric: float, ..., "settings": {...}}},   # e.g. "seg": {"miou": 0.41, ...}
-     "seconds": {task: float}}
+    {"suite": "builtin" | "coco" | "flickr30k" | ..., "data": str,
+     "model": {"name", "architecture", "parameters", "weights" (digest), "checkpoint", ...},
+     "image_size": int, "preprocessing": {...}, "dataset": {layout, label mapping, ...},
+     "tasks": {key: {metric: float, ..., "settings": {...}, "protocol": {"task", "cls", "templates", ...}}},
+     "seconds": {task: float}, "skipped": {task: reason}}
 
-Metric values are floats; ``settings`` (the hyperparameters a task used or chose) is kept in the JSON and
-left out of the tables.
+Metric values are floats; ``settings`` (the hyperparameters a task used or chose) and ``protocol`` (how
+the number was made: resize rule, resample, resolution, which CLS, templates) are kept in the JSON; the
+Markdown lists the protocol under the table, and ``compare`` shows it as one row per result.
 """
 
 from __future__ import annotations
@@ -20,7 +23,21 @@ from pathlib import Path
 
 from open_tips.eval.metrics import LOWER_IS_BETTER
 
-META_KEYS = ("suite", "model", "data", "image_size", "num_train", "num_test")
+META_KEYS = ("suite", "data", "image_size", "num_train", "num_test")
+
+
+def model_name(results: Mapping) -> str:
+    model = results.get("model")
+    if isinstance(model, Mapping):
+        return str(model.get("name", "?"))
+    return str(model) if model is not None else "?"
+
+
+def protocol_text(protocol: Mapping | None) -> str:
+    """``key=value; ...`` of a result's protocol (the task name left out)."""
+    if not protocol:
+        return "-"
+    return "; ".join(f"{k}={v}" for k, v in protocol.items() if k != "task")
 
 
 def flatten(results: Mapping) -> dict[str, float]:
@@ -42,11 +59,31 @@ def _fmt(value: float | None) -> str:
 def markdown_table(results: Mapping) -> str:
     """One row per task, one column per metric name in the task (a compact table of all results)."""
     meta = ", ".join(f"{k} {results[k]}" for k in META_KEYS if k in results and k != "suite")
-    lines = [f"# Evaluation: {results.get('suite', '?')} suite", "", meta, ""]
+    lines = [
+        f"# Evaluation: {results.get('suite', '?')} suite",
+        "",
+        f"model {model_name(results)}, {meta}",
+        "",
+    ]
     lines += ["| task | metric | value |", "| --- | --- | --- |"]
     for key, value in flatten(results).items():
         task, metric = key.split("/", 1)
         lines.append(f"| {task} | {metric} | {_fmt(value)} |")
+    model = results.get("model")
+    if isinstance(model, Mapping):
+        lines += ["", "## Model", ""] + [f"- {k}: {v}" for k, v in model.items()]
+    if results.get("preprocessing"):
+        lines += ["", "## Preprocessing (features)", ""]
+        lines += [f"- {k}: {v}" for k, v in results["preprocessing"].items()]
+    protocols = {k: m.get("protocol") for k, m in results.get("tasks", {}).items() if m.get("protocol")}
+    if protocols:
+        lines += ["", "## Protocol per result", ""] + [
+            f"- {k}: {protocol_text(p)}" for k, p in protocols.items()
+        ]
+    if results.get("dataset"):
+        lines += ["", "## Dataset", ""] + [f"- {k}: {v}" for k, v in results["dataset"].items()]
+    if results.get("skipped"):
+        lines += ["", "## Skipped", ""] + [f"- {k}: {v}" for k, v in results["skipped"].items()]
     seconds = results.get("seconds")
     if seconds:
         lines += ["", "Seconds per task: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items())]
@@ -125,13 +162,14 @@ def compare(runs: Sequence[str | os.PathLike | Mapping], names: Sequence[str] | 
         path_names = _run_names([str(r) for r in runs if not isinstance(r, Mapping)])
         path_iter = iter(path_names)
         names = [
-            next(path_iter) if not isinstance(r, Mapping) else str(r.get("model", f"run {i}"))
+            next(path_iter) if not isinstance(r, Mapping) else (model_name(r) if "model" in r else f"run {i}")
             for i, r in enumerate(runs)
         ]
     flats = [flatten(r) for r in loaded]
     keys = list(dict.fromkeys(k for flat in flats for k in flat))  # first-seen order: tasks stay grouped
     lines = ["| metric | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(flats)]
-    for key in ("suite", "image_size"):
+    lines.append("| *model* | " + " | ".join(model_name(r) for r in loaded) + " |")
+    for key in ("suite", "data", "image_size"):
         if any(key in r for r in loaded):
             lines.append(f"| *{key}* | " + " | ".join(str(r.get(key, "-")) for r in loaded) + " |")
     for key in keys:
@@ -142,4 +180,9 @@ def compare(runs: Sequence[str | os.PathLike | Mapping], names: Sequence[str] | 
             best = min(present) if key.rsplit("/", 1)[-1] in LOWER_IS_BETTER else max(present)
         cells = [f"**{_fmt(v)}**" if v is not None and v == best else _fmt(v) for v in values]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    result_keys = list(dict.fromkeys(k for r in loaded for k in r.get("tasks", {})))
+    for key in result_keys:
+        cells = [protocol_text(r.get("tasks", {}).get(key, {}).get("protocol")) for r in loaded]
+        if any(c != "-" for c in cells):
+            lines.append(f"| *protocol: {key}* | " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return "\n".join(lines) + "\n"

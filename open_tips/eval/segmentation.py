@@ -1,6 +1,6 @@
 """Semantic segmentation linear probe on frozen patch features (mIoU with ignore label 255), and dataset
 readers: image + mask folders (VOC / ADE20k / CamVid / plain), COCO instance JSON rasterised to semantic
-masks without pycocotools (polygons through PIL ImageDraw, RLE decoded here).
+masks with pycocotools (polygons, uncompressed and compressed RLE, as COCO's own ``annToMask``).
 
 Simplification against the papers' protocol: images are resized to a square and masks to the same square
 (nearest), and mIoU is computed at that size rather than at each image's original resolution.
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from open_tips.eval.dense_probe import dense_inputs, fit_dense_probe, predict_chunks
 from open_tips.eval.features import FeatureSet
@@ -267,61 +267,31 @@ def rasterise_coco(
 
 
 def annotation_mask(segmentation: list | dict, height: int, width: int) -> np.ndarray:
-    """bool [H, W] of one COCO ``segmentation``: a list of polygons [x0, y0, x1, y1, ...], or RLE with
-    ``counts`` as a list (uncompressed) or a string (compressed, pycocotools' format)."""
+    """bool [H, W] of one COCO ``segmentation`` decoded with pycocotools (as COCO's own ``annToMask``): a
+    list of polygons [x0, y0, x1, y1, ...], or RLE with ``counts`` as a list (uncompressed) or a string
+    (compressed). An RLE stored for another size than the image is resized (nearest) to it."""
+    from pycocotools import mask as coco_mask
+
     if isinstance(segmentation, list):
-        canvas = Image.new("1", (width, height), 0)
-        draw = ImageDraw.Draw(canvas)
-        for polygon in segmentation:
-            if len(polygon) >= 6:
-                draw.polygon(
-                    [(float(polygon[i]), float(polygon[i + 1])) for i in range(0, len(polygon) - 1, 2)],
-                    fill=1,
-                    outline=1,
-                )
-        return np.asarray(canvas, dtype=bool)
-    if isinstance(segmentation, dict) and "counts" in segmentation:
-        rle_height, rle_width = segmentation.get("size", (height, width))
+        polygons = [p for p in segmentation if len(p) >= 6]
+        if not polygons:
+            return np.zeros((height, width), bool)
+        rle = coco_mask.merge(coco_mask.frPyObjects(polygons, height, width))
+    elif isinstance(segmentation, dict) and "counts" in segmentation:
+        rle_height, rle_width = (int(v) for v in segmentation.get("size", (height, width)))
         counts = segmentation["counts"]
-        if isinstance(counts, (str, bytes)):
-            counts = decode_rle_string(counts)
-        decoded = decode_rle_counts(counts, rle_height, rle_width)
-        if decoded.shape != (height, width):  # RLE stored for another size: fit it (rare, defensive)
-            decoded = np.asarray(Image.fromarray(decoded).resize((width, height), Image.NEAREST), dtype=bool)
-        return decoded
-    raise ValueError(f"unsupported COCO segmentation of type {type(segmentation).__name__}")
-
-
-def decode_rle_counts(counts: list[int], height: int, width: int) -> np.ndarray:
-    """bool [H, W] from RLE run lengths (alternating 0 / 1 runs, starting with 0s, column-major)."""
-    flat = np.zeros(height * width, dtype=bool)
-    position, value = 0, False
-    for count in counts:
-        if value:
-            flat[position : position + count] = True
-        position += int(count)
-        value = not value
-    return flat.reshape(width, height).T
-
-
-def decode_rle_string(encoded: str | bytes) -> list[int]:
-    """Run lengths from pycocotools' compressed RLE string (``rleFrString``): 5 bits per character offset
-    by 48, continuation bit 0x20, sign bit 0x10 on the last chunk, counts after the second stored as
-    differences to the count two before."""
-    data = encoded.encode() if isinstance(encoded, str) else encoded
-    counts: list[int] = []
-    position = 0
-    while position < len(data):
-        value, shift, more = 0, 0, True
-        while more:
-            chunk = data[position] - 48
-            value |= (chunk & 0x1F) << (5 * shift)
-            more = bool(chunk & 0x20)
-            position += 1
-            shift += 1
-            if not more and chunk & 0x10:
-                value |= -1 << (5 * shift)
-        if len(counts) > 2:
-            value += counts[-2]
-        counts.append(value)
-    return counts
+        if isinstance(counts, list):  # uncompressed: pycocotools compresses it
+            rle = coco_mask.frPyObjects(
+                {"size": [rle_height, rle_width], "counts": counts}, rle_height, rle_width
+            )
+        else:
+            rle = {
+                "size": [rle_height, rle_width],
+                "counts": counts.encode() if isinstance(counts, str) else counts,
+            }
+    else:
+        raise ValueError(f"unsupported COCO segmentation of type {type(segmentation).__name__}")
+    decoded = coco_mask.decode(rle).astype(bool)
+    if decoded.shape != (height, width):
+        decoded = np.asarray(Image.fromarray(decoded).resize((width, height), Image.NEAREST), dtype=bool)
+    return decoded

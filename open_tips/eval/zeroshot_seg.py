@@ -80,3 +80,98 @@ def zeroshot_segmentation(
         **({"threshold": threshold} if background == "threshold" else {}),
     }
     return result
+
+
+def _short_side_pixels(image, size: int) -> torch.Tensor:
+    """The notebook's ShortSideResize on a PIL image or a path: short side at ``size``, PIL bicubic."""
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as TF
+
+    from open_tips.inference.images import load_image_short_side, short_side_size
+
+    if not isinstance(image, Image.Image):
+        from pathlib import Path
+
+        return load_image_short_side(Path(image), size)[0]
+    image = image.convert("RGB")
+    height, width = short_side_size(image.width, image.height, size)
+    if (height, width) != (image.height, image.width):
+        image = image.resize((width, height), Image.BICUBIC)
+    return TF.to_dtype(TF.to_image(image), torch.float32, scale=True)
+
+
+@torch.no_grad()
+def zeroshot_segmentation_images(
+    model,
+    images,
+    masks,
+    class_names: list[str],
+    classes: torch.Tensor,
+    *,
+    mode: str = "whole",
+    size: int = 448,
+    window: int | None = None,
+    stride: int | None = None,
+    background: str = "name",
+    threshold: float = 0.0,
+    device: torch.device | str = "cpu",
+    batch_size: int = 8,
+    progress: bool = False,
+) -> dict:
+    """Zero-shot segmentation of images (PIL or paths) through ``open_tips.inference.dense`` — the code
+    behind ``open-tips zeroshot-seg`` — in the official notebook protocol: short side resized to ``size``
+    (PIL bicubic), ``mode`` "whole" or "slide" (windows of ``window`` px every ``stride`` px, default
+    ``size`` and 3/4 of it), labels at each mask's own resolution. ``masks``: a sequence of int [H, W]
+    label maps indexing ``class_names`` (255 = ignore). ``classes``: unit embeddings of the prompted
+    classes (all names for ``background="name"``, the object classes ``class_names[1:]`` otherwise);
+    ``background`` as for ``zeroshot_segmentation``."""
+    from tqdm import tqdm
+
+    from open_tips.inference.dense import patch_cosines, segment, sliding_window_probs
+
+    if background not in ("name", "threshold", "ignore"):
+        raise ValueError(f"background must be 'name', 'threshold' or 'ignore', got {background!r}")
+    window = window or size
+    stride = stride or max(1, window * 3 // 4)
+    device = torch.device(device)
+    classes = classes.float().to(device)
+    num_classes = len(class_names)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    for index in tqdm(range(len(images)), desc="zero-shot segmentation", leave=False, disable=not progress):
+        target = torch.as_tensor(masks[index]).long()
+        pixels = _short_side_pixels(images[index], size)[None].to(device)
+        out_size = tuple(target.shape)
+        if background == "threshold":
+            if mode == "whole":
+                scores = patch_cosines(model, pixels, classes)[0]
+            else:
+                scores = sliding_window_probs(model, pixels, classes, window, stride, batch_size)
+            scores = F.interpolate(scores[None].float(), size=out_size, mode="bilinear", align_corners=False)[
+                0
+            ]
+            best, labels = scores.max(dim=0)
+            labels = torch.where(best < threshold, torch.zeros_like(labels), labels + 1)
+        else:
+            labels = segment(
+                model,
+                pixels,
+                classes,
+                mode,
+                size=out_size,
+                window=window,
+                stride=stride,
+                batch_size=batch_size,
+            )
+            if background == "ignore":
+                labels = labels + 1
+        labels = labels.cpu()
+        if background == "ignore":
+            target = torch.where(target == 0, torch.full_like(target, IGNORE), target)
+        confusion += confusion_matrix(labels, target, num_classes, IGNORE)
+    result: dict = segmentation_metrics(confusion)
+    result["settings"] = {
+        "background": background,
+        "mode": mode,
+        **({"threshold": threshold} if background == "threshold" else {}),
+    }
+    return result

@@ -13,17 +13,29 @@ from open_tips.eval.metrics import IGNORE
 from open_tips.eval.normals import read_normals
 from open_tips.eval.retrieval import is_karpathy, read_coco_captions, read_karpathy
 from open_tips.eval.segmentation import (
+    annotation_mask,
     convert_mask,
-    decode_rle_counts,
-    decode_rle_string,
     find_segmentation_layout,
     rasterise_coco,
     resize_mask,
 )
 
 
+def column_major_counts(mask: np.ndarray) -> list[int]:
+    """Uncompressed COCO RLE of a bool mask, written here from the definition (column-major runs, 0s first)."""
+    flat = mask.T.reshape(-1).astype(np.uint8)
+    counts, value, run = [], 0, 0
+    for pixel in flat:
+        if pixel != value:
+            counts.append(run)
+            value, run = pixel, 0
+        run += 1
+    counts.append(run)
+    return counts
+
+
 def rle_string(counts: list[int]) -> str:
-    """pycocotools' rleToString, written independently of the decoder under test."""
+    """pycocotools' rleToString, written independently."""
     out = []
     for i, value in enumerate(counts):
         x = value - counts[i - 2] if i > 2 else value
@@ -38,19 +50,40 @@ def rle_string(counts: list[int]) -> str:
     return "".join(out)
 
 
-def test_compressed_rle_round_trip():
-    counts = [0, 5, 3, 200, 1, 7, 1000, 2, 31, 32, 33, 0, 4]
-    assert decode_rle_string(rle_string(counts)) == counts
-    assert decode_rle_string(rle_string(counts).encode()) == counts
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rle_both_forms_match_pycocotools(seed):
+    from pycocotools import mask as coco_mask
+
+    rng = np.random.default_rng(seed)
+    height, width = 37, 53
+    truth = np.zeros((height, width), bool)
+    for _ in range(4):  # a few random rectangles: long runs and short ones
+        top, left = rng.integers(0, height - 5), rng.integers(0, width - 5)
+        truth[top : top + rng.integers(1, 20), left : left + rng.integers(1, 30)] = True
+    truth[0, 0] = bool(seed % 2)  # a mask starting with a 1 (leading zero-length run)
+    encoded = coco_mask.encode(np.asfortranarray(truth.astype(np.uint8)))
+    reference = coco_mask.decode(encoded).astype(bool)
+    assert (reference == truth).all()
+    compressed = {"size": [height, width], "counts": encoded["counts"].decode()}
+    assert (annotation_mask(compressed, height, width) == truth).all()
+    counts = column_major_counts(truth)
+    assert rle_string(counts) == encoded["counts"].decode()  # the two forms describe the same mask
+    assert (annotation_mask({"size": [height, width], "counts": counts}, height, width) == truth).all()
+    # an RLE stored at another size than the image is fitted to the image (nearest)
+    assert annotation_mask(compressed, height * 2, width * 2).shape == (height * 2, width * 2)
 
 
-def test_uncompressed_rle_is_column_major():
-    mask = decode_rle_counts([1, 2, 3], height=2, width=3)  # 0 at (0,0), 1s at (1,0) and (0,1)
-    assert mask.tolist() == [[False, True, False], [True, False, False]]
+def test_polygons_match_pycocotools():
+    from pycocotools import mask as coco_mask
+
+    polygons = [[2.5, 3.0, 30.2, 4.1, 25.0, 20.7, 4.0, 18.0], [35, 2, 40, 2, 40, 9]]
+    expected = coco_mask.decode(coco_mask.merge(coco_mask.frPyObjects(polygons, 24, 44))).astype(bool)
+    got = annotation_mask(polygons, 24, 44)
+    assert got.sum() > 100 and (got == expected).all()
 
 
 def test_coco_rasterisation_polygons_rle_and_crowd(tmp_path):
-    crowd_counts = [5 * 8 + 5 + 8 * 2, 2, 6, 2, 100]  # column-major: rows 5-6 of columns 7-8
+    crowd_counts = [7 * 8 + 5, 2, 6, 2, 9]  # column-major: rows 5-6 of columns 7-8 (80 pixels in all)
     annotation = {
         "images": [
             {"id": 1, "file_name": "a.jpg", "width": 10, "height": 8},
@@ -99,10 +132,11 @@ def test_coco_rasterisation_polygons_rle_and_crowd(tmp_path):
     assert pairs[0][0] == tmp_path / "a.jpg"
     mask = pairs[0][1]
     assert mask.shape == (8, 10) and mask.dtype == np.uint8
-    assert (
-        mask[:6, :6] == 2
-    ).sum() == 36 - 4  # the dog square (PIL fills the closed polygon, edges included)
-    assert (mask[2:4, 2:4] == 1).all()  # the small cat drawn over the dog
+    dog = annotation_mask([[0, 0, 5, 0, 5, 5, 0, 5]], 8, 10)
+    cat = annotation_mask([[2, 2, 3, 2, 3, 3, 2, 3]], 8, 10)
+    assert dog.sum() > cat.sum() > 0 and (cat <= dog).all()
+    assert ((mask == 1) == cat).all()  # the small cat drawn over the large dog
+    assert ((mask == 2) == (dog & ~cat)).all()
     assert (mask == IGNORE).sum() == 4 and (mask[5:7, 7:9] == IGNORE).all()  # crowd RLE -> ignore
     assert mask[7, 0] == 0  # background
     # compressed RLE, not crowd: the top row of the second image
