@@ -33,11 +33,13 @@ def model_name(results: Mapping) -> str:
     return str(model) if model is not None else "?"
 
 
-def protocol_text(protocol: Mapping | None) -> str:
-    """``key=value; ...`` of a result's protocol (the task name left out)."""
+def protocol_text(protocol: Mapping | None, common: Mapping | None = None) -> str:
+    """``key=value; ...`` of a result's protocol (the task name, and items equal to ``common``, left out)."""
     if not protocol:
         return "-"
-    return "; ".join(f"{k}={v}" for k, v in protocol.items() if k != "task")
+    common = common or {}
+    items = [f"{k}={v}" for k, v in protocol.items() if k != "task" and common.get(k, object()) != v]
+    return "; ".join(items) or "as the features"
 
 
 def flatten(results: Mapping) -> dict[str, float]:

@@ -142,6 +142,8 @@ def _same_run(old: dict, new: dict) -> bool:
         old.get("suite") == new.get("suite")
         and old.get("data") == new.get("data")
         and old.get("image_size") == new.get("image_size")
+        and old.get("dataset") == new.get("dataset")
+        and (old.get("num_train"), old.get("num_test")) == (new.get("num_train"), new.get("num_test"))
         and old_model.get("weights") == new_model.get("weights")
         and old_model.get("name") == new_model.get("name")
     )

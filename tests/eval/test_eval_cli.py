@@ -19,7 +19,7 @@ LOWER = {"rmse", "abs_rel", "angular_mean", "angular_median", "angular_rmse"}
 def _check_ranges(results):
     for task, metrics in results["tasks"].items():
         for name, value in metrics.items():
-            if name == "settings":
+            if name in ("settings", "protocol"):
                 continue
             assert isinstance(value, float) and np.isfinite(value), (task, name, value)
             if name in LOWER:
@@ -28,25 +28,19 @@ def _check_ranges(results):
                 assert 0.0 <= value <= 1.0, (task, name, value)
 
 
-def test_eval_builtin_suite_cache_and_compare(checkpoint, tmp_path, capsys):
+def _run(checkpoint, out, *extra):
+    return main(["eval", "--checkpoint", str(checkpoint), *COMMON, "--output", str(out), *extra])
+
+
+def test_eval_builtin_suite_cache_merge_and_compare(checkpoint, tmp_path, capsys):
     out = tmp_path / "builtin"
-    args = [
-        "eval",
-        "--checkpoint",
-        str(checkpoint),
-        *COMMON,
-        "--num-train",
-        "24",
-        "--num-test",
-        "16",
-        "--output",
-        str(out),
-    ]
-    assert main(args) == 0
+    sizes = ["--num-train", "24", "--num-test", "16"]
+    assert _run(checkpoint, out, *sizes) == 0
     results = json.loads((out / "results.json").read_text())
-    assert (
-        results["suite"] == "builtin" and results["image_size"] == 56 and results["model"] == str(checkpoint)
-    )
+    assert results["suite"] == "builtin" and results["image_size"] == 56
+    assert results["model"]["checkpoint"] == str(checkpoint) and results["model"]["config"] == "tiny"
+    assert results["model"]["text"] is True and len(results["model"]["weights"]) == 16
+    assert results["preprocessing"]["resolution"] == 56 and "bilinear" in results["preprocessing"]["resample"]
     assert set(results["tasks"]) == {
         "knn",
         "linear",
@@ -62,55 +56,47 @@ def test_eval_builtin_suite_cache_and_compare(checkpoint, tmp_path, capsys):
         "zeroshot_seg_objects",
     }
     assert results["skipped"] == {}
-    assert set(results["tasks"]["retrieval_web"]) == {
-        f"{d}_R@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)
-    }
-    assert {"top1", "top5"} <= set(results["tasks"]["knn"]) and {"miou", "pixel_accuracy"} <= set(
-        results["tasks"]["seg"]
-    )
-    assert {"rmse", "delta1", "abs_rel"} <= set(results["tasks"]["depth"])
-    assert {"angular_mean", "angular_rmse", "within_11.25"} <= set(results["tasks"]["normals"])
-    _check_ranges(results)
-    assert (out / "results.md").read_text().startswith("# Evaluation: builtin suite")
-    assert (out / "pca.png").stat().st_size > 500 and (out / "zeroshot_seg.png").stat().st_size > 500
-    cached = sorted((out / "cache").glob("*.pt"))
-    assert len(cached) == 3  # train, test, test value tokens
-    stamps = [p.stat().st_mtime_ns for p in cached]
-    # a second run reads the cached features and gives the same numbers
-    assert main([*args, "--tasks", "knn,seg", "--no-pictures"]) == 0
-    again = json.loads((out / "results.json").read_text())
-    assert set(again["tasks"]) == {"knn", "seg"} and again["tasks"]["knn"] == results["tasks"]["knn"]
-    assert again["tasks"]["seg"] == results["tasks"]["seg"]
-    assert [p.stat().st_mtime_ns for p in sorted((out / "cache").glob("*.pt"))] == stamps
-    other = tmp_path / "other"
+    recalls = {f"{d}_R@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)}
+    assert set(results["tasks"]["retrieval_web"]) == recalls | {"protocol"}
+    protocol = results["tasks"]["zeroshot_web"]["protocol"]
     assert (
-        main(
-            [
-                "eval",
-                "--checkpoint",
-                str(checkpoint),
-                *COMMON,
-                "--num-train",
-                "24",
-                "--num-test",
-                "16",
-                "--output",
-                str(other),
-                "--tasks",
-                "knn",
-                "--knn-k",
-                "5",
-                "--no-cache",
-            ]
-        )
-        == 0
+        protocol["cls"].startswith("web") and protocol["num_templates"] == 9 and protocol["resolution"] == 56
     )
+    assert results["tasks"]["zeroshot_seg"]["protocol"]["resample"] == "PIL bicubic"
+    _check_ranges(results)
+    markdown = (out / "results.md").read_text()
+    assert markdown.startswith("# Evaluation: builtin suite") and "## Protocol per result" in markdown
+    assert (out / "pca.png").stat().st_size > 500 and (out / "zeroshot_seg.png").stat().st_size > 500
+    parts = sorted((out / "cache").glob("*/part-*.pt"))
+    assert {p.parent.name.rsplit("-", 1)[1] for p in parts} == {"cls", "patch"}
+    stamps = [p.stat().st_mtime_ns for p in parts]
+    # rerun of two tasks into the same output: cached features, same numbers, the other results kept
+    assert _run(checkpoint, out, *sizes, "--tasks", "knn,seg", "--no-pictures") == 0
+    again = json.loads((out / "results.json").read_text())
+    assert set(again["tasks"]) == set(results["tasks"])
+    assert (
+        again["tasks"]["knn"] == results["tasks"]["knn"] and again["tasks"]["seg"] == results["tasks"]["seg"]
+    )
+    assert [p.stat().st_mtime_ns for p in sorted((out / "cache").glob("*/part-*.pt"))] == stamps
+    # another protocol setting replaces that task's result only
+    assert _run(checkpoint, out, *sizes, "--tasks", "knn", "--knn-k", "5", "--no-pictures") == 0
+    merged = json.loads((out / "results.json").read_text())
+    assert (
+        merged["tasks"]["knn"]["settings"]["k"] == 5 and merged["tasks"]["depth"] == results["tasks"]["depth"]
+    )
+    other = tmp_path / "other"
+    assert _run(checkpoint, other, *sizes, "--tasks", "knn", "--knn-k", "3", "--no-cache") == 0
     assert not (other / "cache").exists()
-    assert json.loads((other / "results.json").read_text())["tasks"]["knn"]["settings"]["k"] == 5
     capsys.readouterr()
     assert main(["eval", "--compare", str(out), str(other)]) == 0
     table = capsys.readouterr().out
     assert table.startswith("| metric | builtin | other |") and "| knn/top1 |" in table
+    assert "| *model* |" in table and "| *protocol: knn* |" in table
+    # other data (other sizes) into the same output replaces the file instead of merging
+    assert (
+        _run(checkpoint, out, "--num-train", "20", "--num-test", "12", "--tasks", "knn", "--no-pictures") == 0
+    )
+    assert set(json.loads((out / "results.json").read_text())["tasks"]) == {"knn"}
 
 
 def test_eval_cli_errors(checkpoint, tmp_path, capsys):
@@ -122,36 +108,34 @@ def test_eval_cli_errors(checkpoint, tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(checkpoint), "--data", str(tmp_path / "nowhere")]) == 2
     assert main(["eval", "--compare", str(tmp_path / "nothing")]) == 1
     assert main(["eval", "--checkpoint", str(tmp_path / "missing_vision.npz")]) == 2
+    capsys.readouterr()
+    assert _run(checkpoint, tmp_path / "o", "--suite", "flickr30k") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "suite flickr30k needs --data" in err and "Traceback" not in err
+    (tmp_path / "empty").mkdir()
+    assert _run(checkpoint, tmp_path / "o", "--suite", "voc", "--data", str(tmp_path / "empty")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "suite voc at" in err and "expected: JPEGImages/" in err
+    assert main(["eval", "--list"]) == 0
+    listing = capsys.readouterr().out
+    for name in ("flickr30k", "coco5k", "imagenet", "ade20k", "voc", "pascal-context", "nyuv2"):
+        assert f"\n{name}: " in f"\n{listing}"
 
 
-def test_vision_only_model_skips_text_tasks(checkpoint, tmp_path):
+def test_vision_only_model_text_tasks(checkpoint, tmp_path, capsys):
     folder = tmp_path / "vision_only"
     folder.mkdir()
     shutil.copy(checkpoint, folder / checkpoint.name)
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "eval",
-                "--checkpoint",
-                str(folder / checkpoint.name),
-                *COMMON,
-                "--num-train",
-                "16",
-                "--num-test",
-                "12",
-                "--output",
-                str(out),
-                "--tasks",
-                "knn,zeroshot,retrieval,zeroshot-seg",
-            ]
-        )
-        == 0
-    )
+    sizes = ["--num-train", "12", "--num-test", "8", "--no-pictures"]
+    assert _run(folder / checkpoint.name, out, *sizes) == 0
     results = json.loads((out / "results.json").read_text())
-    assert set(results["tasks"]) == {"knn"}
-    assert set(results["skipped"]) == {"zeroshot", "retrieval", "zeroshot-seg"}
-    assert (out / "pca.png").is_file() and not (out / "zeroshot_seg.png").exists()
+    assert {"zeroshot", "retrieval", "zeroshot-seg"} == set(results["skipped"]) and "seg" in results["tasks"]
+    assert results["model"]["text"] is False
+    capsys.readouterr()
+    code = _run(folder / checkpoint.name, out, *sizes, "--tasks", "seg,zeroshot")
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "task zeroshot needs text" in err and "Traceback" not in err
 
 
 def test_trainer_entry_point(model, tmp_path):
@@ -171,7 +155,7 @@ def test_trainer_entry_point(model, tmp_path):
         progress=False,
     )
     assert model.training  # left as it was found
-    assert results["seed"] == 3 and (tmp_path / "eval" / "results.json").is_file()
+    assert results["dataset"]["seed"] == 3 and (tmp_path / "eval" / "results.json").is_file()
     assert {"seg", "depth", "zeroshot_seg"} <= set(results["tasks"])
     assert {"features", "seg", "depth"} <= set(results["seconds"])
 
@@ -206,39 +190,26 @@ def _builtin_folders(root, count=6):
     (root / "karpathy.json").write_text(json.dumps(karpathy))
 
 
-def test_eval_dataset_folders(checkpoint, tmp_path):
+def test_eval_mask_depth_and_karpathy_folders(checkpoint, tmp_path):
     root = tmp_path / "shapes"
     _builtin_folders(root)
-    out = tmp_path / "folder_eval"
-    assert (
-        main(["eval", "--checkpoint", str(checkpoint), *COMMON, "--data", str(root), "--output", str(out)])
-        == 0
-    )
+    out = tmp_path / "masks_eval"
+    assert _run(checkpoint, out, "--suite", "masks", "--data", str(root)) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["suite"] == "segmentation+depth" and results["segmentation_layout"] == "masks"
-    assert {"seg", "depth", "normals", "zeroshot_seg", "zeroshot_seg_objects"} <= set(results["tasks"])
-    assert set(results["skipped"]) == {"knn", "linear", "zeroshot", "retrieval"}
+    assert results["suite"] == "masks" and results["num_test"] == 6
+    assert {"seg", "zeroshot_seg", "zeroshot_seg_objects"} == set(results["tasks"])
+    _check_ranges(results)
+    out = tmp_path / "depth_eval"
+    assert _run(checkpoint, out, "--data", str(root), "--depth-crop", "none") == 0  # detected: nyuv2
+    results = json.loads((out / "results.json").read_text())
+    assert results["suite"] == "nyuv2" and {"depth", "normals"} == set(results["tasks"])
+    assert results["dataset"]["depth_crop"] is None
     _check_ranges(results)
     out = tmp_path / "karpathy_eval"
-    assert (
-        main(
-            [
-                "eval",
-                "--checkpoint",
-                str(checkpoint),
-                *COMMON,
-                "--data",
-                str(root / "karpathy.json"),
-                "--output",
-                str(out),
-                "--tasks",
-                "retrieval",
-            ]
-        )
-        == 0
-    )
+    assert _run(checkpoint, out, "--data", str(root / "karpathy.json"), "--split", "test") == 0
     results = json.loads((out / "results.json").read_text())
-    assert set(results["tasks"]) == {"retrieval_web", "retrieval_synthetic"}
+    assert results["suite"] == "karpathy"
+    assert set(results["tasks"]) == {"retrieval_web", "retrieval_synthetic", "retrieval_mean"}
     _check_ranges(results)
 
 
@@ -310,7 +281,67 @@ def test_eval_coco_mini(checkpoint, tmp_path):
         "linear",
         "zeroshot_web",
     } <= set(results["tasks"])
-    assert set(results["skipped"]) == {"depth", "normals"}
-    assert results["num_retrieval_images"] == 10
+    assert results["skipped"] == {}  # depth and normals are not COCO tasks
+    assert _run(checkpoint, out, "--data", str(COCO), "--tasks", "depth") == 2
+    assert results["tasks"]["retrieval_web"]["protocol"]["images"] == 10
+    assert results["dataset"]["test_split"] == "val2017"
     _check_ranges(results)
     assert (out / "zeroshot_seg.png").is_file()
+
+
+def _karpathy_from_coco(root, tmp_path):
+    """COCO-mini's val captions as a Karpathy ``dataset_coco.json`` (2014 file names, as in the real file),
+    the images reachable as ``val2017/`` beside it (the suite maps the 2014 names to the 2017 ones)."""
+    captions = json.loads((root / "annotations" / "captions_val2017.json").read_text())
+    by_image = {}
+    for ann in captions["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann["caption"])
+    images = []
+    for i, image in enumerate(sorted(captions["images"], key=lambda im: im["id"])):
+        images.append(
+            {
+                "filepath": "val2014",
+                "filename": f"COCO_val2014_{image['id']:012d}.jpg",
+                "imgid": i,
+                "split": "test" if i < 40 else "val",
+                "cocoid": image["id"],
+                "sentences": [{"raw": c, "tokens": c.lower().split()} for c in by_image[image["id"]]],
+            }
+        )
+    folder = tmp_path / "coco_karpathy"
+    folder.mkdir()
+    (folder / "dataset_coco.json").write_text(json.dumps({"images": images, "dataset": "coco"}))
+    (folder / "val2017").symlink_to(root / "val2017", target_is_directory=True)
+    return folder, images[:40]
+
+
+@pytest.mark.skipif(not COCO.is_dir(), reason=f"COCO-mini not found at {COCO}")
+def test_coco_mini_as_karpathy_retrieval_end_to_end(checkpoint, model, tmp_path):
+    from open_tips.eval.features import extract_features, text_features
+    from open_tips.eval.retrieval import positives_from_captions, retrieval_metrics
+    from open_tips.inference.zeroshot import image_embedding
+
+    folder, test_images = _karpathy_from_coco(COCO, tmp_path)
+    out = tmp_path / "coco5k"
+    assert _run(checkpoint, out, "--suite", "coco5k", "--data", str(folder)) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["suite"] == "coco5k" and results["num_test"] == 40
+    assert results["dataset"]["captions"] == sum(len(im["sentences"]) for im in test_images)
+    assert "5000" in results["dataset"]["warning"]
+    assert set(results["tasks"]) == {"retrieval_web", "retrieval_synthetic", "retrieval_mean"}
+    _check_ranges(results)
+    for metrics in results["tasks"].values():
+        for direction in ("i2t", "t2i"):
+            assert metrics[f"{direction}_R@1"] <= metrics[f"{direction}_R@5"] <= metrics[f"{direction}_R@10"]
+    # the same numbers computed here from the pieces: the suite paired every image with its captions
+    paths = [COCO / "val2017" / f"{im['cocoid']:012d}.jpg" for im in test_images]
+    features = extract_features(model, paths, 56, progress=False)
+    captions = [[" ".join(s["raw"].split()) for s in im["sentences"]] for im in test_images]
+    texts, _, positives = positives_from_captions(captions)
+    text = text_features(model, texts)
+    for which in ("web", "synthetic", "mean"):
+        expected = retrieval_metrics(
+            image_embedding(features.cls_web, features.cls_synthetic, which), text, positives=positives
+        )
+        got = results["tasks"][f"retrieval_{which}"]
+        assert all(abs(got[k] - v) < 1e-6 for k, v in expected.items()), which

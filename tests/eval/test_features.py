@@ -57,10 +57,18 @@ def test_feature_cache_reuse_and_invalidation(model, checkpoint, tmp_path, monke
     model_key = model_fingerprint(checkpoint, "tiny")
     data_key = dataset_fingerprint("toy", 3)
     common = {"cache_dir": tmp_path, "model_key": model_key, "dataset_key": data_key, "progress": False}
+    folders = cache_paths(tmp_path, model_key, data_key, 56, 3)
     first = extract_features(model, images, 56, **common)
-    assert len(calls) == 1 and cache_paths(tmp_path, model_key, data_key, 56)[0].is_file()
+    assert len(calls) == 1 and (folders["cls"] / "part-00000.pt").is_file()
+    assert (folders["patch"] / "part-00000.pt").is_file() and not folders["value"].exists()
     again = extract_features(model, images, 56, **common)
     assert len(calls) == 1 and torch.equal(again.patch_tokens, first.patch_tokens)  # read from the cache
+    cls_only = extract_features(model, images, 56, patches=False, **common)  # served by the cls entry
+    assert (
+        len(calls) == 1
+        and torch.equal(cls_only.cls_web, first.cls_web)
+        and cls_only.patch_tokens.numel() == 0
+    )
     with_value = extract_features(
         model, images, 56, value_trick=True, **common
     )  # value tokens not cached yet
@@ -75,9 +83,40 @@ def test_feature_cache_reuse_and_invalidation(model, checkpoint, tmp_path, monke
     assert model_fingerprint(checkpoint, "tiny") != model_key
     assert dataset_fingerprint("toy", 4) != data_key
     # a damaged cache entry is recomputed, not fatal
-    cache_paths(tmp_path, model_key, data_key, 56)[0].write_bytes(b"garbage")
+    (folders["cls"] / "part-00000.pt").write_bytes(b"garbage")
     extract_features(model, images, 56, **common)
     assert len(calls) == 4
+
+
+def test_interrupted_extraction_resumes_from_its_parts(model, tmp_path, monkeypatch, caplog):
+    images = _images(7)
+    common = {"cache_dir": tmp_path, "model_key": "m", "dataset_key": "d", "progress": False, "batch_size": 1}
+    reference = extract_features(model, images, 56, progress=False)
+    seen = []
+    original = model.encode_image
+
+    def failing(pixels):
+        seen.append(pixels.shape[0])
+        if len(seen) == 5:  # dies in the third part of two images each
+            raise KeyboardInterrupt
+        return original(pixels)
+
+    monkeypatch.setattr(model, "encode_image", failing)
+    try:
+        extract_features(model, images, 56, shard_size=2, **common)
+    except KeyboardInterrupt:
+        pass
+    folders = cache_paths(tmp_path, "m", "d", 56, 7)
+    assert sorted(p.name for p in folders["cls"].iterdir()) == ["part-00000.pt", "part-00001.pt"]
+    seen.clear()
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="open_tips.eval.features"):
+        resumed = extract_features(model, images, 56, shard_size=2, **common)
+    assert len(seen) == 3  # images 4..6 only
+    assert "2 of 4 parts from the cache" in caplog.text and "ETA" in caplog.text
+    assert torch.allclose(resumed.cls_web, reference.cls_web, atol=1e-5)
+    assert torch.allclose(resumed.patch_tokens, reference.patch_tokens, atol=1e-5)
 
 
 def test_dataset_fingerprint_tracks_files(tmp_path):

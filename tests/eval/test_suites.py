@@ -184,7 +184,9 @@ def test_voc_layout_palette_ignore_background(tmp_path, mode):
     assert Image.open(root / "SegmentationClass" / "2008_000000.png").mode == "P"
     (root / "classes.txt").write_text("background\nclass1\nclass2\nclass3\n")
     assert find_suite(tmp_path / "VOCdevkit").name == "voc"
-    options = EvalOptions(**OPTIONS, zeroshot_mode=mode, zeroshot_size=56, zeroshot_window=28, zeroshot_stride=14)
+    options = EvalOptions(
+        **OPTIONS, zeroshot_mode=mode, zeroshot_size=56, zeroshot_window=28, zeroshot_stride=14
+    )
     results = evaluate(OracleModel(), "voc", tmp_path / "VOCdevkit", options=options)
     assert results["num_test"] == 3 and results["num_train"] == 6
     # stripes: bilinear upsampling of the linear logits blurs the class boundaries a little (exact in ADE)
