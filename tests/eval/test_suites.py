@@ -195,6 +195,17 @@ def test_voc_layout_palette_ignore_background(tmp_path, mode):
     assert results["tasks"]["zeroshot_seg_objects"]["miou"] == 1.0
     assert results["tasks"]["zeroshot_seg"]["protocol"]["mode"].startswith(mode)
     assert results["tasks"]["zeroshot_seg_objects"]["protocol"]["background"] == "ignore"
+    # objects only prompted, background where the best cosine is low (whole mode: the score is the cosine;
+    # slide mode thresholds window-averaged softmax probabilities, another scale)
+    for threshold, perfect in ((0.5, True), (-1.0, False)) if mode == "whole" else ():
+        options = EvalOptions(
+            **OPTIONS, zeroshot_mode=mode, zeroshot_background="threshold", zeroshot_threshold=threshold
+        )
+        scored = evaluate(
+            OracleModel(), "voc", tmp_path / "VOCdevkit", tasks=["zeroshot-seg"], options=options
+        )
+        assert (scored["tasks"]["zeroshot_seg"]["miou"] == 1.0) is perfect
+        assert scored["tasks"]["zeroshot_seg"]["settings"]["threshold"] == threshold
 
 
 def test_voc_builtin_names_and_pascal_context_variants(tmp_path):
