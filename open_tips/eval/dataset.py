@@ -49,40 +49,6 @@ class Split:
     def __len__(self) -> int:
         return len(self.images)
 
-    def subset(self, index: Sequence[int]) -> Split:
-        """The items at ``index`` (a new cache key: the images differ)."""
-        from open_tips.eval.features import dataset_fingerprint
-
-        def pick(values):
-            return None if values is None else _Picked(values, list(index))
-
-        return Split(
-            images=_Picked(self.images, list(index)),
-            key=dataset_fingerprint(self.key, list(index)),
-            labels=pick(self.labels),
-            captions=pick(self.captions),
-            captions_by_cls=None
-            if self.captions_by_cls is None
-            else {k: pick(v) for k, v in self.captions_by_cls.items()},
-            masks=pick(self.masks),
-            depth=pick(self.depth),
-            normals=pick(self.normals),
-            valid=pick(self.valid),
-        )
-
-
-class _Picked(Sequence):
-    def __init__(self, values: Sequence, index: list[int]) -> None:
-        self.values, self.index = values, index
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return _Picked(self.values, self.index[i])
-        return self.values[self.index[i]]
-
 
 def evenly_spaced(count: int, limit: int | None) -> list[int]:
     """``limit`` indices spread evenly over ``range(count)`` (all of them without a limit): a capped
