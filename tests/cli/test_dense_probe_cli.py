@@ -118,3 +118,50 @@ def test_dense_bad_input_is_one_line(checkpoint, heads, images, tmp_path, heads_
     assert "Traceback" not in run.stderr
     lines = [line for line in run.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], run.stderr
+
+
+COCO_ANN = ROOT.parent / "shared" / "data" / "coco-mini" / "annotations" / "instances_val2017.json"
+
+
+def test_probe_fit_apply_and_refusal(checkpoint, tmp_path):
+    if not COCO_ANN.is_file():
+        pytest.skip("COCO-mini annotations not found")
+    from open_tips.commands.probe import load_probe
+    from open_tips.inference.dense_heads import backbone_identity
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for path in sorted((COCO_ANN.parent.parent / "val2017").glob("*.jpg"))[:10]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    probe_path = tmp_path / "fg.safetensors"
+    run = cli(
+        "probe", "fit", "--task", "fg", "--images", str(folder), "--coco", str(COCO_ANN), "--output",
+        str(probe_path), "--checkpoint", str(checkpoint), *TINY, "--epochs", "3", "--val-fraction", "0.3",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "held-out" in run.stdout and "miou" in run.stdout
+    probe, meta = load_probe(probe_path)
+    model = open_tips.load_pretrained(checkpoint, config="tiny", device="cpu")
+    assert meta["task"] == "fg" and meta["classes"] == ["background", "foreground"]
+    assert meta["image_size"] == 56 and meta["layers"] == [1] and meta["with_cls"] is False
+    assert meta["backbone"] == backbone_identity(model)
+    assert probe.head.out_channels == 2 and probe.head.in_channels == 64
+    image = sorted(folder.glob("*.jpg"))[0]
+    run = cli(
+        "probe", "apply", str(image), "--probe", str(probe_path), "--output-dir", str(tmp_path / "o"),
+        "--checkpoint", str(checkpoint), *TINY,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    labels = np.asarray(Image.open(tmp_path / "o" / f"{image.stem}_labels.png"))
+    assert labels.shape == (open_rgb(image).height, open_rgb(image).width) and labels.max() <= 1
+    assert Image.open(tmp_path / "o" / f"{image.stem}_probe.png").height >= 256
+    # another backbone (same architecture, other weights) is refused with one clear line
+    from tests.helpers import write_official_npz
+
+    other, _, _ = write_official_npz(tmp_path, open_tips.get_config("tiny"), stem="other", seed=99)
+    run = cli(
+        "probe", "apply", str(image), "--probe", str(probe_path), "--output-dir", str(tmp_path / "o2"),
+        "--checkpoint", str(other), *TINY,
+    )  # fmt: skip
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "fitted on another backbone" in run.stderr and str(probe_path) in run.stderr
