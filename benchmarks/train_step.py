@@ -33,7 +33,7 @@ def worker(preset: str, overrides: list[str], steps: int, warmup: int, batch_siz
     from open_tips.models import create_model, get_config
     from open_tips.train.config import load_config
     from open_tips.train.data import _batch_builder
-    from open_tips.train.objective import TIPSObjective
+    from open_tips.train.objective import build_objective
     from open_tips.train.optim import build_optimizer
 
     cfg = load_config(preset, overrides=overrides + [f"data.batch_size={batch_size}"])
@@ -51,7 +51,7 @@ def worker(preset: str, overrides: list[str], steps: int, warmup: int, batch_siz
             return ids, ids == 0
 
     torch.manual_seed(0)
-    objective = TIPSObjective(cfg, create_model(model_cfg)).to(dev)
+    objective = build_objective(cfg, create_model(model_cfg)).to(dev)
     optimizer = build_optimizer(objective, cfg.optim)
     data = BuiltinShapes(batch_size, cfg.data.builtin_image_size)
     batch = _batch_builder(cfg, Tok())([data[i] for i in range(batch_size)])

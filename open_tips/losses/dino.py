@@ -66,14 +66,19 @@ class _CenteredTeacher(nn.Module):
         return sinkhorn_knopp(teacher_logits, teacher_temp, n_iterations)
 
     @torch.no_grad()
-    def update_center(self, teacher_logits: torch.Tensor) -> None:
-        """EMA of the mean teacher logits over every row of every rank (sum and count are all-reduced, so
-        unequal per-rank batches are weighted correctly). Call after the teacher targets are computed."""
+    def batch_center(self, teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean teacher logits over every row of every rank (sum and count all-reduced, so unequal per-rank
+        batches are weighted correctly), shaped like ``center``, and the row count."""
         flat = teacher_logits.detach().float().reshape(-1, self.out_dim)
         stats = torch.cat([flat.sum(dim=0), flat.new_tensor([flat.shape[0]])])
         all_reduce_(stats)
         count = stats[-1]
-        batch_center = (stats[:-1] / count.clamp_min(1.0)).reshape(self.center.shape)
+        return (stats[:-1] / count.clamp_min(1.0)).reshape(self.center.shape), count
+
+    @torch.no_grad()
+    def update_center(self, teacher_logits: torch.Tensor, batch: tuple | None = None) -> None:
+        """EMA of the mean teacher logits (``batch_center``). Call after the teacher targets are computed."""
+        batch_center, count = batch if batch is not None else self.batch_center(teacher_logits)
         updated = self.center * self.center_momentum + batch_center * (1.0 - self.center_momentum)
         # No rows anywhere: keep the centre (a where(), not an if, so no host sync).
         self.center.copy_(torch.where(count > 0, updated, self.center))

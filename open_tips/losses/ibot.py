@@ -1,8 +1,10 @@
 """Masked image modelling (iBOT): teacher patch prototypes supervise the student's patches.
 
-iBOT averages the per-token cross-entropy over each image's masked tokens, then over the images that have
-any (an image without masked tokens is left out, not counted as zero); iBOT++ (TIPSv2) supervises every
-token, visible ones included, as a plain mean over all tokens.
+The per-token cross-entropy is averaged over each image's masked tokens, then over ALL images of the batch,
+an image without masked tokens counting as zero: iBOT's and DINOv2's rule (with half the images masked this
+is half the mean over the masked images only; they agree when every image is masked, the default
+``data.mask_probability=1``). iBOT++ (TIPSv2) supervises every token, visible ones included, as a plain mean
+over all tokens.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ class IBOTPatchLoss(_CenteredTeacher):
             raise ValueError(f"masks {tuple(masks.shape)} do not match the tokens {tuple(per_token.shape)}")
         weights = masks.to(per_token.dtype)
         counts = weights.sum(dim=-1)
-        has_mask = (counts > 0).to(per_token.dtype)
         # Arithmetic rather than boolean indexing: no host sync, and zero masked tokens gives 0 with a graph.
         per_image = (per_token * weights).sum(dim=-1) / counts.clamp_min(1.0)
-        return (per_image * has_mask).sum() / has_mask.sum().clamp_min(1.0)
+        return per_image.mean()

@@ -21,6 +21,7 @@ class DINOHead(nn.Module):
     ) -> None:
         super().__init__()
         nlayers = max(nlayers, 1)
+        self.out_dim = out_dim
         if nlayers == 1:
             self.mlp = nn.Linear(in_dim, bottleneck_dim)
         else:

@@ -72,6 +72,8 @@ class LossSection:
     warmup_teacher_temp: float = 0.04
     teacher_temp_warmup_steps: int = 100
     center_momentum: float = 0.9
+    center_warm_start: bool = True  # start the EMA centre at the first batch's mean (not at zero)
+    centering: str = "center"  # "center" (EMA centre, DINO) | "sinkhorn" (Sinkhorn-Knopp) | "none"
     sparc_weight: float = 0.0  # SPARC fine-grained loss on (patch, synthetic-caption token) pairs
     sparc_caption: str = "synthetic"
     koleo_weight: float = 0.0
@@ -94,6 +96,7 @@ class OptimSection:
     betas: tuple[float, float] = (0.9, 0.98)
     grad_clip: float = 3.0
     patch_embed_lr_mult: float = 0.2
+    head_lr_mult: float = 1.0  # DINO/iBOT projection heads
     freeze_last_layer_steps: int = 0
 
 
@@ -110,6 +113,7 @@ class TrainSection:
     keep_checkpoints: int = 2
     evaluate_at_end: bool = True
     max_nonfinite_steps: int = 5  # consecutive non-finite losses before the run stops
+    collapse_patience: int = 5  # consecutive log steps with a uniform / collapsed teacher before a warning
     threads: int = 0  # torch.set_num_threads; 0 = leave as is
 
 
@@ -341,6 +345,7 @@ _CHOICES = {
     "loss.contrastive_view": ("clean", "masked"),
     "loss.distill_cls": ("web", "synthetic", "both"),
     "loss.sparc_caption": ("synthetic", "web"),
+    "loss.centering": ("center", "sinkhorn", "none"),
     "teacher.kind": ("full_ema", "head_ema"),
     "train.precision": ("fp32", "bf16", "fp16"),
     "data.mask_kind": ("random", "block"),

@@ -29,7 +29,8 @@ from open_tips.train.checkpoint import (
 from open_tips.train.config import TrainConfig
 from open_tips.train.data import build_tokenizer, build_train_batches
 from open_tips.train.metrics import MetricsLogger, plot_losses
-from open_tips.train.objective import TIPSObjective
+from open_tips.train.monitor import CollapseWatch
+from open_tips.train.objective import build_objective
 from open_tips.train.optim import build_optimizer, set_schedules
 from open_tips.train.schedules import cosine, linear_warmup, warmup_cosine
 
@@ -107,7 +108,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
     tokenizer = build_tokenizer(cfg, run_dir, ctx)
     model = build_model(cfg, tokenizer)
     model.set_grad_checkpointing(cfg.model.grad_checkpointing)
-    objective = TIPSObjective(cfg, model).to(device)
+    objective = build_objective(cfg, model).to(device)
     # Wrap before building the optimiser: FSDP2 replaces parameters by sharded ones.
     wrapped = dist_utils.wrap(objective, cfg.distributed, ctx, device, cfg.train.precision)
     optimizer = build_optimizer(objective, cfg.optim)
@@ -149,6 +150,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
         mininterval=1.0,
     )
     consecutive_nonfinite = 0
+    collapse_watch = CollapseWatch(cfg.loss.head_out_dim, cfg.train.collapse_patience)
+    collapse_warnings: list[str] = []
     skip_by_worker: dict[str, dict[str, int]] = {}
     images_seen = 0
     window_start = time.perf_counter()
@@ -246,6 +249,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
             last_metrics["images_per_s_per_rank"] = images_seen / elapsed / ctx.world_size
             images_seen, window_start = 0, time.perf_counter()
             metrics.log(step, last_metrics)
+            if ctx.is_main:
+                collapse_warnings.extend(collapse_watch.update(step, last_metrics))
         progress.set_postfix(
             {k.replace("loss_", ""): f"{v:.3f}" for k, v in sums.items()} | {"lr": f"{lr:.1e}"}, refresh=False
         )
@@ -263,6 +268,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
         "last": last_metrics,
         "finished": final_step >= total_steps,
         "skipped_samples": _total_skips(skip_by_worker, ctx),
+        "collapse_warnings": collapse_warnings,
     }
     if final_step >= total_steps and ctx.is_main:
         export_dir = run_dir / "final"
@@ -271,7 +277,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
         model.load_state_dict(final_payload["model"])
         model.save_pretrained(export_dir)
         summary["export"] = str(export_dir)
-        plot = plot_losses(run_dir / "metrics.jsonl", run_dir / "loss_curves.png")
+        plot = plot_losses(run_dir / "metrics.jsonl", run_dir / "loss_curves.png", cfg.loss.head_out_dim)
         summary["loss_plot"] = str(plot) if plot else None
         if cfg.train.evaluate_at_end:
             summary["eval"] = _evaluate(model, run_dir, cfg, device)

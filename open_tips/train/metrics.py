@@ -51,26 +51,55 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def plot_losses(metrics_path: Path, output: Path) -> Path | None:
+def plot_losses(metrics_path: Path, output: Path, num_prototypes: int | None = None) -> Path | None:
+    """Loss terms (left) and, when the run logs them, the teacher monitors of the distill / mask heads
+    (right: teacher and student entropy against log K, where a flat line at log K means a uniform teacher)."""
     records = [r for r in read_metrics(metrics_path) if "loss" in r]
     if not records:
         return None
+    import math
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = sorted({k for r in records for k in r if k.startswith("loss")})
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key in keys:
+    def series(key: str) -> tuple[list, list]:
         points = [(r["step"], r[key]) for r in records if key in r]
-        ax.plot([p[0] for p in points], [p[1] for p in points], label=key)
+        return [p[0] for p in points], [p[1] for p in points]
+
+    keys = sorted({k for r in records for k in r if k.startswith("loss")})
+    monitors = [k for k in ("distill", "mask") if any(f"{k}_teacher_entropy" in r for r in records)]
+    fig, axes = plt.subplots(1, 2 if monitors else 1, figsize=(13 if monitors else 7, 4.5), squeeze=False)
+    ax = axes[0, 0]
+    for key in keys:
+        ax.plot(*series(key), label=key)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_title("open_tips training losses")
-    ax.legend()
+    ax.set_title("training losses")
+    ax.legend(fontsize=9)
     ax.grid(alpha=0.3)
+    if monitors:
+        ax = axes[0, 1]
+        for head, colour in zip(monitors, ("tab:blue", "tab:orange")):
+            ax.plot(*series(f"{head}_teacher_entropy"), color=colour, label=f"{head}: teacher entropy")
+            ax.plot(
+                *series(f"{head}_student_entropy"), color=colour, ls="--", label=f"{head}: student entropy"
+            )
+            ax.plot(
+                *series(f"{head}_teacher_kl_uniform"),
+                color=colour,
+                ls=":",
+                label=f"{head}: KL(mean teacher || U)",
+            )
+        if num_prototypes:
+            ax.axhline(math.log(num_prototypes), color="grey", lw=1, label=f"log K (K = {num_prototypes})")
+        ax.set_xlabel("step")
+        ax.set_ylabel("nats")
+        ax.set_title("self-distillation / MIM teacher monitors")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(output, dpi=100)
+    fig.savefig(output, dpi=110)
     plt.close(fig)
     return output

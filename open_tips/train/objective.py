@@ -1,4 +1,8 @@
-"""The TIPS training objective: dual contrastive + self-distillation + MIM (+ SPARC, KoLeo), one module.
+"""The TIPS training objective: a weighted sum of named terms over one step's views.
+
+``build_objective(cfg, model)`` turns the config into explicit arguments; ``TIPSObjective`` runs the forward
+passes the terms need once (``StepViews``) and sums ``weight * term(views)``. The terms live in
+``open_tips.train.terms``; adding a loss is a file in ``open_tips/losses`` plus one entry in ``build_terms``.
 
 Views (choices documented in docs/training.md):
 - the student encodes the clean global crop for the contrastive loss (``loss.contrastive_view=clean``) and
@@ -10,154 +14,183 @@ Views (choices documented in docs/training.md):
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from open_tips.losses.contrastive import clip_loss, siglip_loss
-from open_tips.losses.dino import DINOLoss
-from open_tips.losses.ibot import IBOTPatchLoss
-from open_tips.losses.koleo import koleo_loss
-from open_tips.losses.sparc import sparc_loss
 from open_tips.models.heads import DINOHead
 from open_tips.models.tips import TIPSModel
 from open_tips.train.config import TrainConfig
 from open_tips.train.teacher import Teacher
-
-PREFIX = 2  # CLS1 + CLS2 ahead of the patch tokens
-
-
-def _select_cls(tokens: torch.Tensor, which: str) -> list[torch.Tensor]:
-    return {"web": [tokens[:, 0]], "synthetic": [tokens[:, 1]], "both": [tokens[:, 0], tokens[:, 1]]}[which]
+from open_tips.train.terms import (
+    ContrastiveTerm,
+    DistillTerm,
+    KoLeoTerm,
+    MaskedModellingTerm,
+    SparcTerm,
+    StepViews,
+    Term,
+)
 
 
 class TIPSObjective(nn.Module):
-    def __init__(self, cfg: TrainConfig, model: TIPSModel) -> None:
+    """``loss = sum(weight * term(views))`` over ``terms``, a list of (name, weight, term).
+
+    Each term returns ``{"loss": ..., other logged values}``; its loss is reported as ``loss_<name>`` and
+    the other values under their own names. The self-distillation and MIM heads belong to their terms; the
+    ``teacher`` holds their EMA copies (and, for ``full_ema``, an EMA copy of the vision tower).
+    """
+
+    def __init__(
+        self,
+        model: TIPSModel,
+        terms: list[tuple[str, float, Term]],
+        *,
+        teacher_kind: str = "full_ema",
+        contrastive_view: str = "clean",
+    ) -> None:
         super().__init__()
-        self.cfg = cfg
-        loss = cfg.loss
         self.model = model
-        width = model.cfg.vision.width
-        head_kwargs = dict(
-            out_dim=loss.head_out_dim,
-            hidden_dim=loss.head_hidden_dim,
-            bottleneck_dim=loss.head_bottleneck_dim,
-            nlayers=loss.head_layers,
-        )
-        self.dino_head = DINOHead(width, **head_kwargs) if loss.distill else None
-        self.ibot_head = DINOHead(width, **head_kwargs) if loss.mim else None
-        self.dino_loss = (
-            DINOLoss(loss.head_out_dim, student_temp=loss.student_temp, center_momentum=loss.center_momentum)
-            if loss.distill
-            else None
-        )
-        self.ibot_loss = (
-            IBOTPatchLoss(
-                loss.head_out_dim, student_temp=loss.student_temp, center_momentum=loss.center_momentum
-            )
-            if loss.mim
-            else None
-        )
-        self.siglip_bias = nn.Parameter(torch.tensor([-10.0])) if loss.contrastive == "sigmoid" else None
+        self.weights = {name: float(weight) for name, weight, _ in terms}
+        self.terms = nn.ModuleDict({name: term for name, _, term in terms})
+        self.contrastive_view = contrastive_view
+        needs_teacher = any(term.needs_teacher for term in self.terms.values())
         self.teacher = (
-            Teacher(cfg.teacher.kind, model.vision, self.dino_head, self.ibot_head)
-            if (loss.distill or loss.mim)
-            else None
+            Teacher(teacher_kind, model.vision, self.dino_head, self.ibot_head) if needs_teacher else None
         )
 
-    # -- pieces -------------------------------------------------------------------------------------------
-    def _contrastive(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        temperature = self.model.temperature
-        gather = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        if self.siglip_bias is not None:
-            return siglip_loss(image, text, temperature, self.siglip_bias)
-        return clip_loss(image, text, temperature, gather=gather, local_loss=self.cfg.distributed.local_loss)
+    # The heads live in their terms; these names are what the teacher, FSDP wrapping and tests refer to.
+    @property
+    def dino_head(self) -> DINOHead | None:
+        term = self.terms["distill"] if "distill" in self.terms else None
+        return term.head if term is not None else None
+
+    @property
+    def ibot_head(self) -> DINOHead | None:
+        term = self.terms["mask"] if "mask" in self.terms else None
+        return term.head if term is not None else None
+
+    def train(self, mode: bool = True) -> TIPSObjective:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # DINOv2: the teacher never drops paths, whatever the student does
+        return self
 
     def update_teacher(self, momentum: float) -> None:
         if self.teacher is not None:
             self.teacher.update(momentum, self.model.vision, self.dino_head, self.ibot_head)
 
-    # -- forward ------------------------------------------------------------------------------------------
-    def forward(self, batch: dict, teacher_temp: float) -> dict[str, torch.Tensor]:
-        cfg = self.cfg.loss
+    def _views(self, batch: dict) -> StepViews:
         vision, text = self.model.vision, self.model.text
+        needs: set[str] = set()
+        for term in self.terms.values():
+            needs |= term.needs
         global_crops = batch["global_crops"]
-        masks = batch["masks"] if cfg.mim else None
-        out: dict[str, torch.Tensor] = {}
-
-        need_clean = (
-            cfg.contrastive_view == "clean"
-            or not cfg.mim
-            or (self.teacher is not None and self.teacher.kind == "head_ema")
+        masks = batch["masks"] if "masked" in needs else None
+        head_ema = self.teacher is not None and self.teacher.kind == "head_ema"
+        if "contrastive" in needs:
+            needs.add("clean" if self.contrastive_view == "clean" or masks is None else "masked")
+        if head_ema:
+            needs.add("clean")
+        views = StepViews(global_crops=global_crops, masks=masks, num_local=0)
+        if "clean" in needs:
+            views.clean = vision.encode(global_crops)
+        if masks is not None:
+            views.masked = vision.encode(global_crops, masks)
+        views.contrast = (
+            views.clean if self.contrastive_view == "clean" or views.masked is None else views.masked
         )
-        clean = vision.forward_tokens(global_crops) if need_clean else None
-        masked = vision.forward_tokens(global_crops, masks) if cfg.mim else None
-        contrast = clean if (cfg.contrastive_view == "clean" or masked is None) else masked
-
-        # Text: one tower for both captions; per-token features kept for SPARC.
-        need_synthetic = cfg.pairs in ("dual", "synthetic") or (
-            cfg.sparc_weight > 0 and cfg.sparc_caption == "synthetic"
-        )
-        need_web = cfg.pairs in ("dual", "web") or (cfg.sparc_weight > 0 and cfg.sparc_caption == "web")
-        text_tokens, text_emb = {}, {}
-        for kind, needed in (("web", need_web), ("synthetic", need_synthetic)):
-            if needed:
-                ids, padding = batch[f"{kind}_ids"], batch[f"{kind}_padding"]
-                text_tokens[kind] = text.forward_tokens(ids, padding)
-                text_emb[kind] = text.pool(text_tokens[kind], padding)
-
-        if cfg.pairs == "dual":
-            out["loss_web"] = self._contrastive(contrast[:, 0], text_emb["web"])
-            out["loss_synthetic"] = self._contrastive(contrast[:, 1], text_emb["synthetic"])
-            out["loss_contrastive"] = 0.5 * (out["loss_web"] + out["loss_synthetic"])
-        else:
-            out["loss_contrastive"] = self._contrastive(contrast[:, 0], text_emb[cfg.pairs])
-        total = out["loss_contrastive"]
-
+        if "local" in needs:
+            local_crops = batch["local_crops"]
+            views.local = vision.encode(local_crops)
+            views.num_local = local_crops.shape[0] // global_crops.shape[0]
         if self.teacher is not None:
             with torch.no_grad():
                 if self.teacher.vision is not None:
-                    teacher_tokens = self.teacher.vision(global_crops)  # __call__: FSDP hooks run
+                    tokens = self.teacher.vision(global_crops)  # __call__, so FSDP hooks run
+                    views.teacher = self.teacher.vision.split_tokens(tokens, vision.grid_size(global_crops))
                 else:
-                    teacher_tokens = clean.detach()
-            if cfg.distill:
-                local_tokens = vision.forward_tokens(batch["local_crops"])
-                num_local = self.cfg.data.num_local
-                losses = []
-                teacher_logits_all = []
-                for teacher_cls, student_cls in zip(
-                    _select_cls(teacher_tokens, cfg.distill_cls), _select_cls(local_tokens, cfg.distill_cls)
-                ):
-                    with torch.no_grad():
-                        teacher_logits = self.teacher.dino_head(teacher_cls)
-                        teacher_probs = self.dino_loss.softmax_center_teacher(teacher_logits, teacher_temp)
-                    student_logits = self.dino_head(student_cls).chunk(num_local)
-                    losses.append(self.dino_loss(list(student_logits), [teacher_probs]))
-                    teacher_logits_all.append(teacher_logits)
-                out["loss_distill"] = torch.stack(losses).mean()
-                total = total + cfg.distill_weight * out["loss_distill"]
-                self.dino_loss.update_center(torch.cat(teacher_logits_all))
-            if cfg.mim:
-                with torch.no_grad():
-                    teacher_patch_logits = self.teacher.ibot_head(teacher_tokens[:, PREFIX:])
-                    teacher_patch_probs = self.ibot_loss.softmax_center_teacher(
-                        teacher_patch_logits, teacher_temp
+                    clean = views.clean
+                    views.teacher = type(clean)(
+                        clean.cls_web.detach(), clean.cls_synthetic.detach(), clean.patch_tokens.detach()
                     )
-                student_patch_logits = self.ibot_head(masked[:, PREFIX:])
-                out["loss_mask"] = self.ibot_loss(
-                    student_patch_logits, teacher_patch_probs, masks, all_tokens=cfg.ibot_all_tokens
-                )
-                total = total + cfg.mask_weight * out["loss_mask"]
-                self.ibot_loss.update_center(teacher_patch_logits)
+        for kind in ("web", "synthetic"):
+            if f"text:{kind}" in needs:
+                ids, padding = batch[f"{kind}_ids"], batch[f"{kind}_padding"]
+                tokens = text.forward_tokens(ids, padding)
+                views.text_tokens[kind] = tokens
+                views.text_padding[kind] = padding
+                views.text[kind] = text.pool(tokens, padding)
+        return views
 
-        if cfg.sparc_weight > 0:
-            kind = cfg.sparc_caption
-            out["loss_sparc"] = sparc_loss(
-                contrast[:, PREFIX:], text_tokens[kind], batch[f"{kind}_padding"], self.model.temperature
+    def forward(self, batch: dict, teacher_temp: float) -> dict[str, torch.Tensor]:
+        views = self._views(batch)
+        out: dict[str, torch.Tensor] = {}
+        total: torch.Tensor | None = None
+        for name, term in self.terms.items():
+            result = term(
+                views, teacher=self.teacher, temperature=self.model.temperature, teacher_temp=teacher_temp
             )
-            total = total + cfg.sparc_weight * out["loss_sparc"]
-        if cfg.koleo_weight > 0:
-            out["loss_koleo"] = koleo_loss(contrast[:, 0])
-            total = total + cfg.koleo_weight * out["loss_koleo"]
+            loss = result.pop("loss")
+            out[f"loss_{name}"] = loss
+            out.update(result)
+            weighted = self.weights[name] * loss
+            total = weighted if total is None else total + weighted
+        if total is None:
+            raise ValueError("the objective has no terms")
         out["loss"] = total
         out["temperature"] = self.model.temperature.detach().reshape(())
         return out
+
+
+def build_terms(cfg: TrainConfig, model: TIPSModel) -> list[tuple[str, float, Term]]:
+    """The config's loss section as explicit (name, weight, term) entries."""
+    loss = cfg.loss
+    gather_kwargs = {"local_loss": cfg.distributed.local_loss}
+    pairs = {
+        "dual": [("cls_web", "web"), ("cls_synthetic", "synthetic")],
+        "web": [("cls_web", "web")],
+        "synthetic": [("cls_web", "synthetic")],
+    }[loss.pairs]
+    terms: list[tuple[str, float, Term]] = [
+        ("contrastive", 1.0, ContrastiveTerm(pairs, kind=loss.contrastive, **gather_kwargs))
+    ]
+    width = model.cfg.vision.width
+    head_kwargs = {
+        "out_dim": loss.head_out_dim,
+        "hidden_dim": loss.head_hidden_dim,
+        "bottleneck_dim": loss.head_bottleneck_dim,
+        "nlayers": loss.head_layers,
+    }
+    centre_kwargs = {
+        "student_temp": loss.student_temp,
+        "center_momentum": loss.center_momentum,
+        "centering": loss.centering,
+        "center_warm_start": loss.center_warm_start,
+    }
+    if loss.distill:
+        cls_fields = {
+            "web": ["cls_web"],
+            "synthetic": ["cls_synthetic"],
+            "both": ["cls_web", "cls_synthetic"],
+        }
+        head = DINOHead(width, **head_kwargs)
+        terms.append(
+            ("distill", loss.distill_weight, DistillTerm(head, cls_fields[loss.distill_cls], **centre_kwargs))
+        )
+    if loss.mim:
+        head = DINOHead(width, **head_kwargs)
+        term = MaskedModellingTerm(head, all_tokens=loss.ibot_all_tokens, **centre_kwargs)
+        terms.append(("mask", loss.mask_weight, term))
+    if loss.sparc_weight > 0:
+        terms.append(("sparc", loss.sparc_weight, SparcTerm(loss.sparc_caption)))
+    if loss.koleo_weight > 0:
+        terms.append(("koleo", loss.koleo_weight, KoLeoTerm()))
+    return terms
+
+
+def build_objective(cfg: TrainConfig, model: TIPSModel) -> TIPSObjective:
+    return TIPSObjective(
+        model,
+        build_terms(cfg, model),
+        teacher_kind=cfg.teacher.kind,
+        contrastive_view=cfg.loss.contrastive_view,
+    )

@@ -28,6 +28,8 @@ def param_groups(module: nn.Module, cfg: OptimSection) -> list[dict]:
             continue
         decay = param.ndim >= 2 and not any(key in name for key in _NO_DECAY_NAMES)
         lr_mult = cfg.patch_embed_lr_mult if "patch_embed" in name else 1.0
+        if ".head." in name and name.startswith("terms."):
+            lr_mult = cfg.head_lr_mult
         groups.setdefault((decay, lr_mult), []).append(param)
         names.setdefault((decay, lr_mult), []).append(name)
     return [

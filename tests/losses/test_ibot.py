@@ -27,13 +27,15 @@ def _setup(seed, batch=3, tokens=6, dim=5):
     return loss_fn, student, teacher, per_token
 
 
-def test_masked_mean_per_image_then_over_images_with_masks():
+def test_masked_mean_per_image_then_over_all_images():
     loss_fn, student, teacher, per_token = _setup(0)
     masks = torch.zeros(3, 6, dtype=torch.bool)
     masks[0, [1, 3]] = True
-    masks[2, [0, 2, 4, 5]] = True  # image 1 has no masked token: left out, not counted as zero
+    masks[2, [0, 2, 4, 5]] = True  # image 1 has no masked token: counts as zero (iBOT, DINOv2)
     got = loss_fn(student, teacher, masks)
-    expected = np.mean([per_token[0, [1, 3]].mean(), per_token[2, [0, 2, 4, 5]].mean()])
+    expected = np.sum([per_token[0, [1, 3]].mean(), per_token[2, [0, 2, 4, 5]].mean()]) / 3
+    # the other rule (over masked images only) is 3/2 of this here
+    assert abs(got.item() * 1.5 - expected * 1.5 / 1.0) < 1e-4 and abs(got.item() - expected * 1.5) > 1e-3
     assert got.item() == pytest.approx(expected, abs=1e-5)
     # per-image weighting: not the mean over all masked tokens pooled together
     assert abs(got.item() - per_token[masks.numpy()].mean()) > 1e-4

@@ -10,7 +10,7 @@ from open_tips.models import create_model
 from open_tips.train.config import load_config
 from open_tips.train.data import _batch_builder
 from open_tips.train.loop import train
-from open_tips.train.objective import TIPSObjective
+from open_tips.train.objective import TIPSObjective, build_objective
 
 
 class _Tok:
@@ -53,7 +53,7 @@ def test_variant_losses_and_gradients(name):
     cfg = load_config("tiny", overrides=overrides + ["data.batch_size=8"])
     torch.manual_seed(0)
     model = create_model("tiny")
-    objective = TIPSObjective(cfg, model)
+    objective = build_objective(cfg, model)
     out = objective(_batch(cfg), teacher_temp=0.04)
     assert expected <= set(out)
     assert all(math.isfinite(float(v)) for v in out.values())
@@ -80,7 +80,7 @@ def test_variant_losses_and_gradients(name):
 def test_head_only_ema_holds_no_second_backbone():
     def state_bytes(kind):
         cfg = load_config("tiny", overrides=[f"teacher.kind={kind}"])
-        objective = TIPSObjective(cfg, create_model("tiny"))
+        objective = build_objective(cfg, create_model("tiny"))
         return sum(t.numel() * t.element_size() for t in objective.state_dict().values())
 
     full, head = state_bytes("full_ema"), state_bytes("head_ema")
@@ -90,7 +90,7 @@ def test_head_only_ema_holds_no_second_backbone():
 
 def test_teacher_ema_update_math():
     cfg = load_config("tiny")
-    objective = TIPSObjective(cfg, create_model("tiny"))
+    objective = build_objective(cfg, create_model("tiny"))
     teacher_before = objective.teacher.dino_head.mlp[0].weight.clone()
     with torch.no_grad():
         objective.dino_head.mlp[0].weight.add_(1.0)
