@@ -72,6 +72,8 @@ class LossSection:
     warmup_teacher_temp: float = 0.04
     teacher_temp_warmup_steps: int = 100
     center_momentum: float = 0.9
+    # Fraction of train.steps over which the distill and mask weights ramp up from 0 (0 = full from the start).
+    ssl_weight_warmup: float = 0.0
     center_warm_start: bool = True  # start the EMA centre at the first batch's mean (not at zero)
     centering: str = "center"  # "center" (EMA centre, DINO) | "sinkhorn" (Sinkhorn-Knopp) | "none"
     sparc_weight: float = 0.0  # SPARC fine-grained loss on (patch, synthetic-caption token) pairs

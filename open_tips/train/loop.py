@@ -188,6 +188,9 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
             step, cfg.loss.teacher_temp_warmup_steps, cfg.loss.warmup_teacher_temp, cfg.loss.teacher_temp
         )
         set_schedules(optimizer, lr, wd)
+        ssl_warmup_steps = cfg.loss.ssl_weight_warmup * total_steps
+        ssl_scale = min(1.0, step / ssl_warmup_steps) if ssl_warmup_steps > 0 else 1.0
+        ssl_scales = {"distill": ssl_scale, "mask": ssl_scale}
 
         sums: dict[str, float] = {}
         finite = True
@@ -197,7 +200,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
             batch = _to_device(batch, device)
             sync = micro == cfg.train.accum_steps - 1
             with dist_utils.no_sync_unless(wrapped, sync), _autocast(cfg.train.precision, device):
-                losses = compiled(batch, teacher_temp)
+                losses = compiled(batch, teacher_temp, ssl_scales)
             loss = losses["loss"] / cfg.train.accum_steps
             finite = finite and ctx.all_true(bool(torch.isfinite(loss.detach())))
             scaler.scale(loss).backward()
@@ -252,7 +255,9 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
             if ctx.is_main:
                 collapse_warnings.extend(collapse_watch.update(step, last_metrics))
         progress.set_postfix(
-            {k.replace("loss_", ""): f"{v:.3f}" for k, v in sums.items()} | {"lr": f"{lr:.1e}"}, refresh=False
+            {k.replace("loss_", ""): f"{v:.3f}" for k, v in sums.items() if k.startswith("loss")}
+            | {"lr": f"{lr:.1e}"},
+            refresh=False,
         )
         progress.update(1)
         if (step + 1) % cfg.train.save_every == 0 and step + 1 < end_step:

@@ -121,7 +121,10 @@ class TIPSObjective(nn.Module):
                 views.text[kind] = text.pool(tokens, padding)
         return views
 
-    def forward(self, batch: dict, teacher_temp: float) -> dict[str, torch.Tensor]:
+    def forward(
+        self, batch: dict, teacher_temp: float, weight_scales: dict[str, float] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``weight_scales`` multiplies the named terms' weights this step (the SSL weight warm-up)."""
         views = self._views(batch)
         out: dict[str, torch.Tensor] = {}
         total: torch.Tensor | None = None
@@ -132,7 +135,7 @@ class TIPSObjective(nn.Module):
             loss = result.pop("loss")
             out[f"loss_{name}"] = loss
             out.update(result)
-            weighted = self.weights[name] * loss
+            weighted = self.weights[name] * (weight_scales or {}).get(name, 1.0) * loss
             total = weighted if total is None else total + weighted
         if total is None:
             raise ValueError("the objective has no terms")
