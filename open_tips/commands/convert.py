@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="target format (default: npz for an HF directory, hf otherwise)",
     )
     parser.add_argument("--tolerance", type=float, default=1e-5)
-    add_model_args(parser, batch_size=1, images=False)
+    add_model_args(parser, batch_size=1, images=False, precision=False)
     parser.set_defaults(func=run)
 
 

@@ -24,6 +24,7 @@ def add_model_args(
     keep_aspect: bool = False,
     images: bool = True,
     workers: bool = True,
+    precision: bool = True,
 ) -> None:
     """The options every inference command shares. ``keep_aspect`` is the command's default resize
     (zeroshot-seg keeps the aspect ratio, as the official notebook does); ``images`` adds the options about
@@ -70,6 +71,19 @@ def add_model_args(
             help="resize the short side to --image-size and keep the aspect ratio, instead of "
             f"resizing to a square (default: {'on' if keep_aspect else 'off'})",
         )
+    if precision:
+        group.add_argument(
+            "--dtype",
+            choices=sorted(DTYPES),
+            default="fp32",
+            help="weights and activations in this type (bf16 / fp16 halve memory; on CPUs without bf16 "
+            "instructions they are slower); outputs are written as float32 (default fp32)",
+        )
+        group.add_argument(
+            "--compile",
+            action="store_true",
+            help="torch.compile the towers (the first batch and every new image shape take longer)",
+        )
     if images and workers:
         group.add_argument(
             "--workers",
@@ -77,6 +91,34 @@ def add_model_args(
             default=0,
             help="background processes decoding images (default 0: decode in the main process)",
         )
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _cast_input_to_weights(module: torch.nn.Module, args: tuple) -> tuple:
+    weight = module.proj.weight
+    pixels = args[0]
+    if pixels.is_floating_point() and pixels.dtype != weight.dtype:
+        return (pixels.to(weight.dtype), *args[1:])
+    return args
+
+
+def prepare_for_inference(model, dtype: str = "fp32", compile: bool = False):
+    """Casts the weights to ``dtype`` (float pixels are cast to it on entry to the patch embedding, so
+    every caller may pass float32) and, with ``compile``, wraps the towers' entry points in torch.compile."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if DTYPES[dtype] != torch.float32:
+        model.to(DTYPES[dtype])
+        model.vision.patch_embed.register_forward_pre_hook(_cast_input_to_weights)
+    if compile:
+        vision = model.vision
+        vision.forward_tokens = torch.compile(vision.forward_tokens)
+        vision.forward_value_trick = torch.compile(vision.forward_value_trick)
+        if model.text is not None:
+            model.text.forward = torch.compile(model.text.forward)
+    return model
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -133,7 +175,16 @@ def load_model(args: argparse.Namespace, needs_text: bool = False):
             fail(f"{args.checkpoint}: no text tower was loaded (is the *_text.npz beside the *_vision.npz?)")
         if model.tokenizer is None:
             fail(f"{args.checkpoint}: no tokenizer.model beside the checkpoint; pass --tokenizer")
+    prepare_for_inference(model, getattr(args, "dtype", "fp32"), getattr(args, "compile", False))
     image_size = args.image_size or model.cfg.image_size
+    if hasattr(args, "keep_aspect"):
+        patch = model.vision.patch_size
+        source = "--image-size" if args.image_size else f"training resolution of {model.cfg.name}"
+        if getattr(args, "keep_aspect", False):
+            size = f"short side {image_size} px, sides rounded to multiples of {patch}"
+        else:
+            size = f"{max(patch, round(image_size / patch) * patch)} px square"
+        print(f"image size: {size} ({source}); dtype {getattr(args, 'dtype', 'fp32')}")
     return model, device, image_size
 
 
