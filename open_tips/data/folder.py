@@ -6,11 +6,17 @@
 - a COCO captions file (``annotations/captions_<split>.json``) with ``image_dir`` (default: ``<split>`` beside
   the ``annotations`` folder, e.g. ``val2017``): the first caption of an image is its ``web_caption``, the others
   are synthetic captions with template ``coco`` (human-written, so ``model`` is ``human``);
-- a COCO root folder (``annotations/captions_*.json`` + one image folder per split): all splits together.
+- a COCO root folder (``annotations/captions_*.json`` + one image folder per split): the ``splits`` asked for;
+  by default the training splits (names starting with ``train``, e.g. ``train2017``) when there are any, so
+  that val2017, which ``open-tips eval`` tests on, never leaks into training (``coco_splits(root)`` lists them);
+- a plain image folder (no ``captions.jsonl``, no ``annotations``): every image below it, its web caption from
+  a ``<name>.txt`` beside it (as img2dataset writes); images without one are counted as ``missing_caption``
+  and dropped, unless ``keep_uncaptioned`` (``make-shards``: written with an empty web caption).
 
 Skip rules are the shards' (open_tips.data.decode): bad index entries (malformed JSON, no web caption, no
-image path) are dropped at construction; an image that fails to load at ``dataset[i]`` is replaced by the next
-loadable sample (a map-style dataset cannot shrink on the fly), and both are counted per reason in
+image path; no synthetic caption with ``require_synthetic``) are dropped at construction; an image that fails
+to load at ``dataset[i]`` is replaced by the next loadable sample (a map-style dataset cannot shrink on the
+fly), and both are counted per reason in
 ``skipped``. Samples carry ``__skip_counts__`` like shard samples: ``{"folder-index:<source>": counts at
 construction, "folder:<pid>": load-time counts of this process}``, so the trainer can report them from workers.
 """
@@ -24,7 +30,15 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from open_tips.data.decode import DEFAULT_MAX_PIXELS, SkipCounter, SkipSample, decode_image, parse_metadata
+from open_tips.data.captions import normalise_synthetic
+from open_tips.data.decode import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    SkipCounter,
+    SkipSample,
+    decode_image,
+    parse_metadata,
+)
 
 CAPTIONS_FILE = "captions.jsonl"
 
@@ -68,6 +82,43 @@ def coco_caption_records(
     return records
 
 
+def coco_splits(root: str | Path) -> list[str]:
+    """The splits of a COCO root folder: ``annotations/captions_<split>.json`` -> ``<split>``, sorted."""
+    return [p.stem.split("_", 1)[-1] for p in sorted((Path(root) / "annotations").glob("captions_*.json"))]
+
+
+def default_coco_splits(root: str | Path) -> list[str]:
+    """The training splits of a COCO root (``train*``), or all splits when none is named so."""
+    splits = coco_splits(root)
+    return [s for s in splits if s.startswith("train")] or splits
+
+
+def image_folder_records(
+    root: str | Path, skipped: SkipCounter, keep_uncaptioned: bool = False
+) -> list[dict]:
+    """Records of a plain image folder (recursive, sorted): web caption from ``<name>.txt`` beside each image."""
+    root = Path(root)
+    records = []
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or path.suffix.lower().lstrip(".") not in IMAGE_EXTENSIONS:
+            continue
+        relative = path.relative_to(root).as_posix()
+        sidecar = path.with_suffix(".txt")
+        caption = sidecar.read_text(encoding="utf-8", errors="replace").strip() if sidecar.is_file() else ""
+        if not caption and not keep_uncaptioned:
+            skipped.add("missing_caption", relative, "no caption file beside it")
+            continue
+        records.append(
+            {
+                "__key__": Path(relative).with_suffix("").as_posix(),
+                "image": relative,
+                "web_caption": " ".join(caption.split()),
+                "synthetic_captions": [],
+            }
+        )
+    return records
+
+
 class FolderDataset(Dataset):
     """Image-caption samples from a folder (see the module docstring for the accepted layouts)."""
 
@@ -77,9 +128,13 @@ class FolderDataset(Dataset):
         captions_file: str = CAPTIONS_FILE,
         image_dir: str | Path | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        require_synthetic: bool = False,
+        splits: list[str] | None = None,
+        keep_uncaptioned: bool = False,
     ) -> None:
         source = Path(source)
         self.source = source
+        self.splits: list[str] = []
         self.max_pixels = max_pixels
         self.index_skipped = SkipCounter()  # at construction, in the parent process: reported once
         self.skipped = SkipCounter()  # at load time, per process
@@ -92,16 +147,37 @@ class FolderDataset(Dataset):
             path = source if source.is_file() else source / captions_file
             self.root = path.parent
             self.records = self._read_jsonl(path)
-        elif sorted((source / "annotations").glob("captions_*.json")):
+        elif coco_splits(source):
             self.layout = "coco"
             self.root = Path()  # records hold full paths (absolute or relative to the working directory)
+            self.splits = list(splits) if splits is not None else default_coco_splits(source)
+            unknown = sorted(set(self.splits) - set(coco_splits(source)))
+            if unknown:
+                raise ValueError(
+                    f"{source}: no annotations/captions_{unknown[0]}.json; splits: {', '.join(coco_splits(source))}"
+                )
             self.records = []
-            for annotation_file in sorted((source / "annotations").glob("captions_*.json")):
+            for split in self.splits:
+                annotation_file = source / "annotations" / f"captions_{split}.json"
                 self.records.extend(coco_caption_records(annotation_file, None, self.index_skipped))
+        elif source.is_dir():
+            self.layout = "images"
+            self.root = source
+            self.records = image_folder_records(source, self.index_skipped, keep_uncaptioned)
+            if not self.records and not self.index_skipped:
+                raise FileNotFoundError(
+                    f"{source}: no images, no {captions_file} and no annotations/captions_*.json (COCO) found"
+                )
         else:
-            raise FileNotFoundError(
-                f"{source}: neither a {captions_file} nor annotations/captions_*.json (COCO) found"
-            )
+            raise FileNotFoundError(f"{source}: no such file or folder")
+        if require_synthetic:
+            kept = []
+            for record in self.records:
+                if normalise_synthetic(record.get("synthetic_captions")):
+                    kept.append(record)
+                else:
+                    self.index_skipped.add("missing_synthetic_caption", str(record.get("image")))
+            self.records = kept
         if not self.records:
             raise ValueError(f"{source}: no usable samples (skipped: {dict(self.index_skipped)})")
 
@@ -188,4 +264,11 @@ class CocoCaptionsDataset(FolderDataset):
         super().__init__(annotation_file, image_dir=image_dir, max_pixels=max_pixels)
 
 
-__all__ = ["CocoCaptionsDataset", "FolderDataset", "coco_caption_records"]
+__all__ = [
+    "CocoCaptionsDataset",
+    "FolderDataset",
+    "coco_caption_records",
+    "coco_splits",
+    "default_coco_splits",
+    "image_folder_records",
+]

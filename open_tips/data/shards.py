@@ -231,7 +231,8 @@ class ShardDataset(IterableDataset):
     and by DataLoader worker, so no shard is read twice in an epoch across the job. ``resample=True`` instead
     draws shards at random with replacement, endlessly, independently per rank and worker (for more readers
     than shards, or epoch-free training). ``shuffle_buffer`` > 1 shuffles samples within a buffer of that size.
-    Call ``set_epoch(epoch)`` before each pass. ``max_pixels``: decompression-bomb limit (None = none)."""
+    Call ``set_epoch(epoch)`` before each pass. ``max_pixels``: decompression-bomb limit (None = none).
+    ``require_synthetic``: skip (as ``missing_synthetic_caption``) samples without a synthetic caption."""
 
     def __init__(
         self,
@@ -243,6 +244,7 @@ class ShardDataset(IterableDataset):
         resample: bool = False,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         shuffle_shards: bool = True,
+        require_synthetic: bool = False,
     ) -> None:
         super().__init__()
         self.urls = expand_urls(urls)
@@ -262,6 +264,7 @@ class ShardDataset(IterableDataset):
         self.resample = resample
         self.max_pixels = max_pixels
         self.shuffle_shards = shuffle_shards
+        self.require_synthetic = require_synthetic
         self.epoch = 0
         self.skipped = SkipCounter()
 
@@ -299,6 +302,8 @@ class ShardDataset(IterableDataset):
         if "json" not in raw and "txt" not in raw:
             raise SkipSample("missing_json", key)
         meta = parse_metadata(raw.get("json", b"{}"), fallback_caption=raw.get("txt"))
+        if self.require_synthetic and not meta["synthetic_captions"]:
+            raise SkipSample("missing_synthetic_caption", key)
         meta["image"] = decode_image(raw[image_ext], self.max_pixels)
         meta["__key__"] = key
         meta["__url__"] = raw.get("__url__", "")

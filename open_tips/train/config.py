@@ -44,6 +44,8 @@ class DataSection:
     mask_ratio: float = 0.75
     mask_probability: float = 1.0  # fraction of images that get a mask
     caption_weights: dict[str, float] | None = None  # template -> probability for CLS2's caption
+    # Skip (and count) samples without a synthetic caption instead of training CLS2 on their web caption.
+    require_synthetic: bool = False
     batch_size: int = 32
     num_workers: int = 0
     shuffle_buffer: int = 1000

@@ -3,20 +3,32 @@
 For map-style sources (the built-in dataset, folders) the batch of step ``s`` on rank ``r`` is built from
 fixed sample indices (an epoch-seeded permutation) with augmentation randomness seeded by (seed, step, rank):
 a resumed run sees exactly the batches an uninterrupted run would, whatever the number of loader workers.
-Streaming WebDataset shards are split by rank and worker; a resume skips the batches already consumed.
+Streaming WebDataset shards are split by rank and worker; each reader (rank, DataLoader worker) builds whole
+batches, augmenting each sample with a seed that is a pure function of (seed, epoch, rank, worker, position in
+the reader's stream), never with a global generator. A resume replays the stream and drops the batches
+already consumed; since no random number is drawn from the restored state, the resumed run gets the very
+batches (crops, masks, caption choices) of an uninterrupted run with the same ``data.num_workers``.
+
+Skip counts from shards are reported per (epoch, reader) and summed, with a last counts-only item from each
+reader at the end of its pass (so skips after its last full batch are counted too): the totals are cumulative
+over epochs, and after whole epochs they do not depend on ``data.num_workers``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from open_tips.data.tokenizer import Tokenizer
 from open_tips.train.config import TrainConfig
+from open_tips.train.interrupt import ignore_stop_signals
+
+BUILTIN_TEMPLATES = ("short", "detailed")
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +55,16 @@ def build_tokenizer(cfg: TrainConfig, run_dir: Path, ctx) -> Tokenizer:
     """The configured SentencePiece model, or (built-in data) one trained on the dataset's captions."""
     max_len = 64
     if cfg.data.tokenizer:
-        return Tokenizer(cfg.data.tokenizer, max_len=max_len)
+        try:
+            return Tokenizer(cfg.data.tokenizer, max_len=max_len)
+        except (FileNotFoundError, ValueError) as err:
+            raise ValueError(f"data.tokenizer: {err}") from err
     if cfg.model.init_from:
         from open_tips.formats.load import _find_tokenizer
 
         base = Path(cfg.model.init_from)
+        if not base.exists():
+            raise FileNotFoundError(f"model.init_from / --init-from: {base}: no such file or directory")
         found = _find_tokenizer(base if base.is_dir() else base.parent)
         if found is not None:
             return Tokenizer(found, max_len=max_len)
@@ -135,13 +152,23 @@ class _StepSampler(torch.utils.data.Sampler):
 def build_train_batches(cfg: TrainConfig, tokenizer: Tokenizer, start_step: int, ctx) -> Iterator[dict]:
     builder = _batch_builder(cfg, tokenizer)
     source = cfg.data.source
-    if source == "builtin" or Path(source).is_dir():
+    if source == "builtin" or Path(source).is_dir() or source.endswith((".jsonl", ".json")):
         if source == "builtin":
             dataset = _builtin_dataset(cfg)
+            templates = set(BUILTIN_TEMPLATES)
         else:
             from open_tips.data.folder import FolderDataset
 
-            dataset = FolderDataset(source)
+            dataset = FolderDataset(source, require_synthetic=cfg.data.require_synthetic)
+            if ctx.is_main and dataset.splits:
+                log.info("%s: COCO splits %s", source, ", ".join(dataset.splits))
+            templates = {
+                c.get("template", "default") if isinstance(c, dict) else "default"
+                for r in dataset.records
+                for c in r.get("synthetic_captions") or []
+            }
+        if ctx.is_main:
+            warn_unknown_templates(cfg.data.caption_weights, templates, source)
         steps = StepBatches(dataset, builder, cfg.data.batch_size, cfg.train.seed, ctx.rank, ctx.world_size)
         # Accumulation consumes several loader items per optimiser step.
         loader = DataLoader(
@@ -150,9 +177,96 @@ def build_train_batches(cfg: TrainConfig, tokenizer: Tokenizer, start_step: int,
             sampler=_StepSampler(start_step * cfg.train.accum_steps),
             num_workers=cfg.data.num_workers,
             persistent_workers=cfg.data.num_workers > 0,
+            worker_init_fn=ignore_stop_signals,
+            generator=_loader_generator(cfg.train.seed, 0),  # not the global one: resume stays exact
         )
         return iter(loader)
     return _shard_batches(cfg, builder, start_step, ctx)
+
+
+def _loader_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch + 17)
+
+
+def warn_unknown_templates(weights: dict[str, float] | None, templates: set[str], source: str) -> list[str]:
+    """Warns about ``data.caption_weights`` templates with weight > 0 that the data does not have; returns them."""
+    if not weights:
+        return []
+    unknown = sorted(t for t, w in weights.items() if w > 0 and t not in templates)
+    if unknown:
+        log.warning(
+            "data.caption_weights: template(s) %s not in the data %s (its synthetic captions have: %s); "
+            "their weight is never used",
+            ", ".join(unknown),
+            source,
+            ", ".join(sorted(templates)) or "none",
+        )
+    return unknown
+
+
+def shard_templates(urls: str, limit: int = 256) -> set[str]:
+    """The synthetic-caption templates of the first ``limit`` samples of the first readable shard."""
+    from open_tips.data.decode import SkipCounter, SkipSample, parse_metadata
+    from open_tips.data.shards import expand_urls, iter_tar_samples
+
+    templates: set[str] = set()
+    seen = 0
+    for url in expand_urls(urls):
+        for raw in iter_tar_samples(url, SkipCounter()):
+            try:
+                meta = parse_metadata(raw.get("json", b"{}"), fallback_caption=raw.get("txt") or "-")
+            except SkipSample:
+                continue
+            templates.update(c["template"] for c in meta["synthetic_captions"])
+            seen += 1
+            if seen >= limit:
+                return templates
+        if seen:
+            break
+    return templates
+
+
+def sample_seed(seed: int, epoch: int, rank: int, worker: int, position: int) -> int:
+    """The augmentation seed of one streamed sample: a pure function of its place in the stream."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{rank}:{worker}:{position}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+class ShardEpochBatches(IterableDataset):
+    """One epoch of a ShardDataset as whole batches, built in the reader (DataLoader worker or main process)
+    with per-sample seeds from ``sample_seed``; incomplete last batches are dropped. After its last batch each
+    reader yields ``{"__reader_counts__": {reader_id: skip counts}}``, its final skip counts of the epoch."""
+
+    def __init__(self, dataset, builder, batch_size: int, seed: int) -> None:
+        super().__init__()
+        self.dataset = dataset
+        self.builder = builder
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def __iter__(self) -> Iterator[dict]:
+        from open_tips.data.decode import SkipCounter
+
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        epoch, rank = self.dataset.epoch, self.dataset.rank
+        reader_id = f"shards:{rank}:{worker}:epoch{epoch}"
+        self.dataset.skipped = SkipCounter()  # per epoch: the main-process copy would otherwise accumulate
+        pending: list[dict] = []
+        position = 0
+        for sample in self.dataset:
+            sample.pop("__skip_counts__", None)
+            pending.append(sample)
+            if len(pending) == self.batch_size:
+                seeds = [
+                    sample_seed(self.seed, epoch, rank, worker, position + i) for i in range(len(pending))
+                ]
+                position += len(pending)
+                batch = self.builder(pending, seeds=seeds)
+                batch["skip_counts"] = {reader_id: dict(self.dataset.skipped)}
+                pending = []
+                yield batch
+        yield {"__reader_counts__": {reader_id: dict(self.dataset.skipped)}}
 
 
 def _shard_batches(cfg: TrainConfig, builder, start_step: int, ctx) -> Iterator[dict]:
@@ -165,28 +279,48 @@ def _shard_batches(cfg: TrainConfig, builder, start_step: int, ctx) -> Iterator[
         shuffle_buffer=cfg.data.shuffle_buffer,
         seed=cfg.train.seed,
         resample=cfg.data.resample,
+        require_synthetic=cfg.data.require_synthetic,
     )
-    skip = start_step * cfg.train.accum_steps
+    if ctx.is_main and cfg.data.caption_weights:
+        warn_unknown_templates(cfg.data.caption_weights, shard_templates(cfg.data.source), cfg.data.source)
+    return _shard_stream(cfg, dataset, builder, start_step * cfg.train.accum_steps, ctx.rank)
+
+
+def _shard_stream(cfg: TrainConfig, dataset, builder, skip: int, rank: int) -> Iterator[dict]:
+    readers: dict[str, dict[str, int]] = {}  # latest counts per (epoch, reader)
+
+    def totals() -> dict[str, dict[str, int]]:
+        summed: dict[str, int] = {}
+        for counts in readers.values():
+            for reason, count in counts.items():
+                summed[reason] = summed.get(reason, 0) + int(count)
+        return {f"shards:{rank}": summed}
+
     epoch = 0
     while True:
         dataset.set_epoch(epoch)
         loader = DataLoader(
-            dataset,
-            batch_size=cfg.data.batch_size,
-            collate_fn=builder,
+            ShardEpochBatches(dataset, builder, cfg.data.batch_size, cfg.train.seed),
+            batch_size=None,
             num_workers=cfg.data.num_workers,
-            drop_last=True,
+            worker_init_fn=ignore_stop_signals,
+            generator=_loader_generator(cfg.train.seed, epoch),
         )
         produced = 0
-        for batch in loader:
+        for item in loader:
+            if "__reader_counts__" in item:
+                readers.update(item["__reader_counts__"])
+                continue
             produced += 1
-            if skip > 0:
+            readers.update(item.pop("skip_counts", {}))
+            if skip > 0:  # consumed before the checkpoint: built from position seeds, so nothing to undo
                 skip -= 1
                 continue
-            yield batch
+            item["skip_counts"] = totals()
+            yield item
         if produced == 0:
             raise RuntimeError(
                 f"data source {cfg.data.source!r} produced no complete batch "
-                f"(batch size {cfg.data.batch_size}); check the shards and the skip counts"
+                f"(batch size {cfg.data.batch_size}); skipped samples: {totals()[f'shards:{rank}']}"
             )
         epoch += 1

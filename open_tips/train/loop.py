@@ -20,14 +20,18 @@ from open_tips.models.configs import get_config
 from open_tips.models.tips import TIPSModel
 from open_tips.train import distributed as dist_utils
 from open_tips.train.checkpoint import (
+    checkpoint_path,
+    clean_stale_temporaries,
     latest_checkpoint,
     load_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
+    write_text_atomic,
 )
 from open_tips.train.config import TrainConfig
 from open_tips.train.data import build_tokenizer, build_train_batches
+from open_tips.train.interrupt import GracefulStop
 from open_tips.train.metrics import MetricsLogger, plot_losses
 from open_tips.train.monitor import CollapseWatch
 from open_tips.train.objective import build_objective
@@ -101,7 +105,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
     ckpt_dir = run_dir / "checkpoints"
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+        write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
+        clean_stale_temporaries(ckpt_dir)  # left by a run killed while writing a checkpoint
     ctx.barrier()
 
     _seed_everything(cfg.train.seed)
@@ -116,6 +121,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
 
     start_step = 0
     nonfinite_total = 0
+    caption_fallbacks = 0  # samples whose CLS2 caption was the web caption (no synthetic caption)
     if resume:
         found = latest_checkpoint(ckpt_dir)
         if found is not None:
@@ -127,6 +133,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
             set_rng_state(rngs[ctx.rank] if ctx.rank < len(rngs) else rngs[0])
             start_step = int(payload["step"])
             nonfinite_total = int(payload.get("nonfinite_steps", 0))
+            caption_fallbacks = int(payload.get("caption_fallbacks", 0))
             if ctx.is_main:
                 log.info("resumed from %s at step %d", found, start_step)
         elif ctx.is_main:
@@ -169,6 +176,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
             "scaler": scaler.state_dict(),
             "rng": ctx.all_gather_object(rng_state()),
             "nonfinite_steps": nonfinite_total,
+            "caption_fallbacks": caption_fallbacks,
             "train_config": cfg.to_dict(),
         }
         if ctx.is_main:
@@ -180,6 +188,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
         return payload
 
     step = start_step
+    stop_signal: str | None = None
+    stopper = GracefulStop(verbose=ctx.is_main).__enter__()  # SIGINT/SIGTERM: save and stop after a step
     for step in range(start_step, end_step):
         lr = warmup_cosine(step, total_steps, cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps)
         wd = cosine(step, total_steps, cfg.optim.weight_decay, cfg.optim.weight_decay_end)
@@ -197,6 +207,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
         for micro in range(cfg.train.accum_steps):
             batch = next(batches)
             skip_by_worker.update(batch.pop("skip_counts", {}) or {})
+            caption_fallbacks += int(batch.pop("caption_fallbacks", 0) or 0)
             batch = _to_device(batch, device)
             sync = micro == cfg.train.accum_steps - 1
             with dist_utils.no_sync_unless(wrapped, sync), _autocast(cfg.train.precision, device):
@@ -214,6 +225,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
             consecutive_nonfinite += 1
             log.warning("non-finite loss at step %d: step skipped (%d in a row)", step, consecutive_nonfinite)
             if consecutive_nonfinite >= cfg.train.max_nonfinite_steps:
+                stopper.__exit__()
                 progress.close()
                 metrics.close()
                 raise NonFiniteLossError(
@@ -221,6 +233,9 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
                     f"The last good checkpoint is kept in {ckpt_dir}."
                 )
             progress.update(1)
+            if stopper.requested(ctx):
+                stop_signal, end_step = stopper.signal_name or "signal", step + 1
+                break
             continue
         consecutive_nonfinite = 0
         sums = ctx.mean_values(sums)
@@ -246,6 +261,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
         }
         for reason, count in _total_skips(skip_by_worker, ctx).items():
             last_metrics[f"skipped_{reason}"] = count
+        last_metrics["caption_fallbacks"] = caption_fallbacks
         if (step + 1) % cfg.train.log_every == 0 or step == start_step or step + 1 == total_steps:
             elapsed = max(time.perf_counter() - window_start, 1e-9)
             last_metrics["images_per_s"] = images_seen / elapsed  # whole job
@@ -262,6 +278,10 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
         progress.update(1)
         if (step + 1) % cfg.train.save_every == 0 and step + 1 < end_step:
             save(step + 1)
+        if stopper.requested(ctx):
+            stop_signal, end_step = stopper.signal_name or "signal", step + 1
+            break
+    stopper.__exit__()
 
     final_step = end_step
     final_payload = save(final_step)
@@ -273,6 +293,9 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
         "last": last_metrics,
         "finished": final_step >= total_steps,
         "skipped_samples": _total_skips(skip_by_worker, ctx),
+        "caption_fallbacks": caption_fallbacks,
+        "interrupted": stop_signal,
+        "checkpoint": str(checkpoint_path(ckpt_dir, final_step)),
         "collapse_warnings": collapse_warnings,
     }
     if final_step >= total_steps and ctx.is_main:

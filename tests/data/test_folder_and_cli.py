@@ -49,8 +49,11 @@ def test_jsonl_folder_skips_and_counts(tmp_path):
     counts = data[3]["__skip_counts__"]
     assert sorted(counts.values(), key=len) == [dict(data.skipped), dict(data.index_skipped)]
     assert FolderDataset(tmp_path / "folder" / "captions.jsonl").records == data.records  # the file itself
+    (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError):
-        FolderDataset(tmp_path)
+        FolderDataset(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError):
+        FolderDataset(tmp_path / "nowhere")
     with pytest.raises(IndexError):
         data[4]
 
@@ -67,10 +70,14 @@ def test_coco_layouts():
     assert len(sample["synthetic_captions"]) == len(captions) - 1 >= 4
     assert {c["template"] for c in sample["synthetic_captions"]} == {"coco"}
     assert sample["image"].mode == "RGB" and sample["image"].size == (first["width"], first["height"])
-    both = FolderDataset(COCO)  # the COCO root: every split
-    assert len(both) == len(coco) + len(
-        json.loads((COCO / "annotations" / "captions_train2017.json").read_text())["images"]
-    )
+    train_images = len(json.loads((COCO / "annotations" / "captions_train2017.json").read_text())["images"])
+    root = FolderDataset(COCO)  # the COCO root: the training split only, val2017 is the eval's test set
+    assert root.splits == ["train2017"] and len(root) == train_images
+    assert not {s["__key__"] for s in (root.records)} & {r["__key__"] for r in coco.records}
+    both = FolderDataset(COCO, splits=["train2017", "val2017"])
+    assert len(both) == len(coco) + train_images
+    with pytest.raises(ValueError, match="captions_test2017.json"):
+        FolderDataset(COCO, splits=["test2017"])
     assert len(CocoCaptionsDataset(COCO_VAL, COCO / "val2017")) == len(coco)
 
 
