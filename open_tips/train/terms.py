@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
+from open_tips.losses._dist import is_distributed
 from open_tips.losses.contrastive import clip_loss, siglip_loss
 from open_tips.losses.dino import DINOLoss, sinkhorn_knopp
 from open_tips.losses.ibot import IBOTPatchLoss
@@ -49,10 +49,6 @@ class Term(nn.Module):
     needs_teacher = False
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 class ContrastiveTerm(Term):
     """Image-text contrastive loss over (CLS field, caption kind) pairs, averaged over the pairs.
 
@@ -76,7 +72,11 @@ class ContrastiveTerm(Term):
                 value = siglip_loss(image, views.text[caption], temperature, self.siglip_bias)
             else:
                 value = clip_loss(
-                    image, views.text[caption], temperature, gather=_distributed(), local_loss=self.local_loss
+                    image,
+                    views.text[caption],
+                    temperature,
+                    gather=is_distributed(),
+                    local_loss=self.local_loss,
                 )
             losses.append(value)
             if len(self.pairs) > 1:
