@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
-from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from open_tips.models.configs import TextConfig, VisionConfig, heads_for_width
+
+# Re-exported for existing callers; the writer itself is open_tips.utils.atomic.
+from open_tips.utils.atomic import atomic_write as atomic_write
 
 TEMPERATURE_KEYS = ("temperature", "temperature_contrastive")
 
@@ -113,20 +112,3 @@ def split_temperature(state: dict[str, torch.Tensor]) -> float | None:
             tensor = state.pop(key)
             value = float(tensor.reshape(-1)[0]) if value is None else value
     return value
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Calls ``write(tmp_path)`` then renames onto ``path``: readers never see a half-written file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

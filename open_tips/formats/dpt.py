@@ -34,8 +34,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from open_tips.formats.common import CheckpointError, atomic_write, load_strict
+from open_tips.formats.common import CheckpointError, load_strict
 from open_tips.models.dpt import TASKS, DPTConfig, DPTDecoder, canonical_task, default_layers
+from open_tips.utils.atomic import atomic_write
 
 OWN_FORMAT = "open_tips.dpt"
 SCENIC_HEADS = {

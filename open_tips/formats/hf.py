@@ -20,7 +20,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from open_tips.formats.common import CheckpointError, atomic_write
+from open_tips.formats.common import CheckpointError
+from open_tips.utils.atomic import atomic_write
 
 VISION_PREFIXES = ("vision_encoder.", "vision_model.")
 TEXT_PREFIXES = ("text_encoder.", "text_model.")

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from open_tips.formats.common import CheckpointError, atomic_write, split_temperature
+from open_tips.formats.common import CheckpointError, split_temperature
 from open_tips.models.configs import TIPSConfig, heads_for_width
+from open_tips.utils.atomic import atomic_write
 
 # The official layout has no place for an architecture; open_tips adds this key (JSON bytes as uint8) only
 # when the weights alone would be read back wrongly (head counts other than the standard ones for the width,

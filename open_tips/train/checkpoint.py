@@ -1,7 +1,7 @@
 """Training checkpoints: written atomically, found newest-complete-first, loaded with ``weights_only``.
 
-A checkpoint is ``checkpoints/step_{step:08d}.pt``. It is written to a hidden temporary file in the same
-directory, fsynced, then renamed, so a kill or a full disk mid-write leaves the previous checkpoints intact
+A checkpoint is ``checkpoints/step_{step:08d}.pt``. It is written by open_tips.utils.atomic: to a hidden
+temporary file in the same directory, fsynced, renamed, directory fsynced, so a kill or a full disk mid-write leaves the previous checkpoints intact
 and no partial file under a checkpoint name; temporary files a kill leaves behind are removed by
 ``clean_stale_temporaries`` when the next run starts. Written files get the permissions the user's umask
 gives (not the 0600 of a bare temporary file).
@@ -17,19 +17,16 @@ import os
 import random
 import re
 import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from open_tips.utils.atomic import atomic_write, atomic_write_text, remove_stale_temporaries
+
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^step_(\d{8})\.pt$")
-# The temporary files of ``atomic_write`` (and of the shared writer in open_tips.formats.common):
-# ".<target name>.<random>.tmp".
-_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
 
 # What `open-tips train` writes into a run directory. A directory holding any of RUN_STARTED has a run in it
 # (refused without --resume / --overwrite); the others alone are what a start that failed early leaves.
@@ -37,57 +34,14 @@ RUN_STARTED = ("checkpoints", "metrics.jsonl", "final", "tensorboard", "eval", "
 RUN_OUTPUTS = (*RUN_STARTED, "config.yaml", "tokenizer.model", "tokenizer.vocab")
 
 
-def current_umask() -> int:
-    """The process umask, read without changing it where /proc allows (os.umask is process-wide)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Calls ``write(tmp_path)`` on a temporary file beside ``path``, fsyncs it, gives it the mode a plain
-    ``open(path, "w")`` would get (0666 minus the umask) and renames it onto ``path``: readers never see a
-    half-written file, and a failure leaves the previous ``path`` untouched."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write_text(path, text)
 
 
 def clean_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
     """Removes the temporary files that a killed checkpoint write left in ``directory``; returns them.
     Call only when no other process writes there (at the start of a run, on the main rank)."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    removed = []
-    for path in directory.iterdir():
-        if path.is_file() and _TEMPORARY.match(path.name):
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    if removed:
-        log.info("removed %d temporary file(s) left by an interrupted write in %s", len(removed), directory)
-    return removed
+    return remove_stale_temporaries(directory)
 
 
 def run_outputs(run_dir: str | os.PathLike, started_only: bool = True) -> list[str]:

@@ -1,0 +1,1 @@
+"""Helpers with no open_tips dependency, usable from every layer (atomic file writing)."""
