@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 
-from open_tips.data.tokenizer import Tokenizer
 from open_tips.formats.common import (
     CheckpointError,
     infer_text_config,
@@ -22,16 +21,9 @@ from open_tips.formats.hub import looks_like_hub_id, resolve_hub_id
 from open_tips.formats.official import pop_metadata, read_npz, sibling_paths
 from open_tips.models.configs import TextConfig, TIPSConfig, VisionConfig, get_config, list_configs
 from open_tips.models.tips import TIPSModel
+from open_tips.models.tokenizer import Tokenizer, find_tokenizer
 
 DEFAULT_TEMPERATURE = 0.01
-
-
-def _find_tokenizer(*candidates: Path) -> Path | None:
-    for folder in candidates:
-        path = folder / "tokenizer.model"
-        if path.is_file():
-            return path
-    return None
 
 
 def _geometry(vision: VisionConfig, text: TextConfig | None) -> tuple:
@@ -245,7 +237,7 @@ def load_pretrained(
         raise CheckpointError(f"{path}: unknown checkpoint format (expected .npz, .pt or an HF directory)")
 
     if tokenizer is None and not vision_only:
-        found_tok = _find_tokenizer(tokenizer_dir, tokenizer_dir.parent)
+        found_tok = find_tokenizer(tokenizer_dir, tokenizer_dir.parent)
         if found_tok is not None:
             tokenizer = found_tok
     if tokenizer is not None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from open_tips.data.tokenizer import Tokenizer
+from open_tips.models.tokenizer import Tokenizer, find_tokenizer
 from open_tips.train.config import TrainConfig
 from open_tips.train.interrupt import ignore_stop_signals
 
@@ -60,12 +60,10 @@ def build_tokenizer(cfg: TrainConfig, run_dir: Path, ctx) -> Tokenizer:
         except (FileNotFoundError, ValueError) as err:
             raise ValueError(f"data.tokenizer: {err}") from err
     if cfg.model.init_from:
-        from open_tips.formats.load import _find_tokenizer
-
         base = Path(cfg.model.init_from)
         if not base.exists():
             raise FileNotFoundError(f"model.init_from / --init-from: {base}: no such file or directory")
-        found = _find_tokenizer(base if base.is_dir() else base.parent)
+        found = find_tokenizer(base if base.is_dir() else base.parent)
         if found is not None:
             return Tokenizer(found, max_len=max_len)
         raise ValueError(f"{cfg.model.init_from}: no tokenizer.model next to it; set data.tokenizer")
