@@ -33,7 +33,7 @@ from PIL import Image
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from open_tips.captions.model import CaptionModel, DecodeSettings
+from open_tips.captions.model import Captioner, CaptionModel, DecodeSettings, model_display_name
 from open_tips.captions.prompts import CaptionTemplate
 from open_tips.captions.sources import (
     BadImage,
@@ -642,8 +642,6 @@ def caption(
     hook: Hook | None = None,
 ) -> dict[str, Any]:
     """``open-tips caption`` as a function: loads the HF model from ``model`` (lazily) and runs the pipeline."""
-    from open_tips.captions.model import Captioner, model_display_name
-
     name = model_name or model_display_name(model)
 
     def load() -> Captioner:

@@ -35,6 +35,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from open_tips.formats.common import CheckpointError, load_strict
+from open_tips.formats.hf import mlp_ratio, read_hf_dir, to_official
 from open_tips.models.dpt import TASKS, DPTConfig, DPTDecoder, canonical_task, default_layers
 from open_tips.utils.atomic import atomic_write
 
@@ -278,8 +279,6 @@ def read_hf_dpt_dir(
 ) -> tuple[dict[str, DPTDecoder], dict[str, torch.Tensor], dict]:
     """({task: decoder}, backbone state in official names (may be empty), config.json) of an HF
     ``Tipsv2Dpt*`` directory. ``tasks`` picks decoders; by default every decoder in the file."""
-    from open_tips.formats.hf import read_hf_dir, to_official
-
     directory = Path(directory)
     config, flat = read_hf_dir(directory)
     if config.get("model_type") != "tipsv2_dpt":
@@ -372,8 +371,6 @@ def _hf_class_names(config: dict, count: int) -> list[str] | None:
 
 def hf_dpt_config(decoders: dict[str, DPTDecoder], vision_cfg) -> dict:
     """config.json for ``Tipsv2DptFor*`` holding ``decoders`` on a tower with ``vision_cfg``."""
-    from open_tips.formats.hf import _mlp_ratio
-
     first = next(iter(decoders.values())).cfg
     for task, decoder in decoders.items():
         cfg = decoder.cfg
@@ -400,7 +397,7 @@ def hf_dpt_config(decoders: dict[str, DPTDecoder], vision_cfg) -> dict:
             "hidden_size": vision_cfg.width,
             "num_hidden_layers": vision_cfg.depth,
             "num_attention_heads": vision_cfg.heads,
-            "mlp_ratio": _mlp_ratio(vision_cfg.width, vision_cfg.mlp_hidden, vision_cfg.swiglu),
+            "mlp_ratio": mlp_ratio(vision_cfg.width, vision_cfg.mlp_hidden, vision_cfg.swiglu),
             "use_swiglu_ffn": vision_cfg.swiglu,
             "hidden_act": "gelu",
             "layer_norm_eps": vision_cfg.ln_eps,

@@ -211,7 +211,7 @@ def config_fields(config: dict, source: str) -> dict:
     return fields
 
 
-def _mlp_ratio(width: int, hidden: int, swiglu: bool) -> float:
+def mlp_ratio(width: int, hidden: int, swiglu: bool) -> float:
     """The ``mlp_ratio`` for which transformers rebuilds exactly ``hidden`` features."""
     if swiglu:
         if hidden % 8:
@@ -242,7 +242,7 @@ def hf_config_dict(model) -> dict:
             "hidden_size": vision.width,
             "num_hidden_layers": vision.depth,
             "num_attention_heads": vision.heads,
-            "mlp_ratio": _mlp_ratio(vision.width, vision.mlp_hidden, vision.swiglu),
+            "mlp_ratio": mlp_ratio(vision.width, vision.mlp_hidden, vision.swiglu),
             "use_swiglu_ffn": vision.swiglu,
             "hidden_act": "gelu",
             "layer_norm_eps": vision.ln_eps,

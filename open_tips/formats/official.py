@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from open_tips.formats.common import CheckpointError, split_temperature
+from open_tips.formats.identify import inferred_image_size
 from open_tips.models.configs import TIPSConfig, heads_for_width
 from open_tips.utils.atomic import atomic_write
 
@@ -68,13 +69,13 @@ def pop_metadata(state: dict[str, torch.Tensor], source: str) -> TIPSConfig | No
         ) from err
 
 
-def needs_metadata(cfg: TIPSConfig, inferred_image_size: int) -> bool:
+def needs_metadata(cfg: TIPSConfig, image_size_read_back: int) -> bool:
     """Whether an npz written from ``cfg`` would be read back as another architecture without a record."""
     if cfg.vision.heads != heads_for_width(cfg.vision.width):
         return True
     if cfg.text is not None and cfg.text.heads != heads_for_width(cfg.text.width):
         return True
-    return cfg.image_size != inferred_image_size
+    return cfg.image_size != image_size_read_back
 
 
 def _metadata_array(cfg: TIPSConfig) -> np.ndarray:
@@ -95,8 +96,6 @@ def save_official_npz(model, stem: str | os.PathLike, metadata: bool | None = No
     ``metadata``: True always records the architecture under ``open_tips_config``, False never does and
     refuses a model that would then be read back wrongly, None (default) records it only when needed.
     """
-    from open_tips.formats.load import inferred_image_size
-
     stem = str(stem)
     cfg = model.cfg
     needed = needs_metadata(cfg, inferred_image_size(cfg, Path(stem).name))

@@ -79,12 +79,15 @@ class TIPSModel(nn.Module):
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Writes an HF-format directory (config.json + model.safetensors) that transformers'
         ``Tipsv2Model.from_pretrained`` loads with the same outputs."""
+        # Deferred, and allowed by the layers contract (pyproject.toml): a convenience method of the public
+        # model object; the model layer itself never writes files, open_tips.formats does.
         from open_tips.formats.hf import save_hf_dir
 
         save_hf_dir(self, directory)
 
     def save_npz(self, stem: str | os.PathLike) -> list[str]:
         """Writes ``{stem}_vision.npz`` and ``{stem}_text.npz`` in the official layout."""
+        # Deferred and allowed by the layers contract, as in save_pretrained.
         from open_tips.formats.official import save_official_npz
 
         return save_official_npz(self, stem)
@@ -92,6 +95,7 @@ class TIPSModel(nn.Module):
     def predict_dense(self, pixels: torch.Tensor, decoders, size=None, return_logits: bool = False) -> dict:
         """Depth / normals / segmentation from DPT decoders (``open_tips.formats.dpt.load_dense_heads``);
         see ``open_tips.inference.dense_heads.predict_dense``."""
+        # Deferred and allowed by the layers contract, as in save_pretrained: the implementation is inference's.
         from open_tips.inference.dense_heads import predict_dense
 
         return predict_dense(self, decoders, pixels, size=size, return_logits=return_logits)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,10 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
+# The file naming is shared with the readers (load_pretrained) one layer down; re-exported for callers here.
+from open_tips.formats.training import checkpoint_path, list_checkpoints
+from open_tips.formats.training import latest_checkpoint as latest_checkpoint
 from open_tips.utils.atomic import atomic_write, atomic_write_text, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
-_NAME = re.compile(r"^step_(\d{8})\.pt$")
 
 # What `open-tips train` writes into a run directory. A directory holding any of RUN_STARTED has a run in it
 # (refused without --resume / --overwrite); the others alone are what a start that failed early leaves.
@@ -61,29 +62,6 @@ def clear_run_outputs(run_dir: str | os.PathLike) -> list[str]:
         else:
             path.unlink(missing_ok=True)
     return removed
-
-
-def checkpoint_path(directory: str | os.PathLike, step: int) -> Path:
-    return Path(directory) / f"step_{step:08d}.pt"
-
-
-def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
-    """The newest checkpoint that loads; an unreadable one (e.g. damaged on disk) is skipped with a warning."""
-    for path in reversed(list_checkpoints(directory)):
-        try:
-            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            return path
-        except Exception as err:  # noqa: BLE001 - any failure means "not usable", try the previous one
-            log.warning("skipping unreadable checkpoint %s (%s)", path, err)
-    return None
 
 
 def save_checkpoint(payload: dict[str, Any], directory: str | os.PathLike, step: int, keep: int = 2) -> Path:
