@@ -10,9 +10,11 @@ killed mid-batch would make the main process fail instead of saving.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from types import FrameType
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -23,6 +25,26 @@ EXIT_CODES = {"SIGINT": 128 + signal.SIGINT, "SIGTERM": 128 + signal.SIGTERM}
 def ignore_stop_signals(_worker_id: int | None = None) -> None:
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+
+
+def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt, as SIGINT does, inside the block (main thread only): a run stopped
+    while it starts up unwinds (and cleans up) instead of dying where it stands. ``GracefulStop`` takes both
+    signals over for the training steps and gives them back to this."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, _raise_interrupt) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class GracefulStop:
@@ -62,4 +84,4 @@ class GracefulStop:
         return not ctx.all_true(self.signal_name is None)
 
 
-__all__ = ["EXIT_CODES", "GracefulStop", "ignore_stop_signals"]
+__all__ = ["EXIT_CODES", "GracefulStop", "ignore_stop_signals", "stop_signals_interrupt"]
