@@ -17,6 +17,7 @@ from tqdm import tqdm
 from open_tips.data.tokenizer import Tokenizer
 from open_tips.formats.load import load_pretrained
 from open_tips.models.configs import get_config
+from open_tips.models.lora import merge_lora_state
 from open_tips.models.tips import TIPSModel
 from open_tips.train import distributed as dist_utils
 from open_tips.train.checkpoint import (
@@ -37,6 +38,7 @@ from open_tips.train.monitor import CollapseWatch
 from open_tips.train.objective import build_objective
 from open_tips.train.optim import build_optimizer, set_schedules
 from open_tips.train.schedules import cosine, linear_warmup, warmup_cosine
+from open_tips.train.trainable import apply_trainable, copy_teacher_heads, hold_all_but_heads
 
 log = logging.getLogger("open_tips.train")
 
@@ -113,6 +115,10 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
     tokenizer = build_tokenizer(cfg, run_dir, ctx)
     model = build_model(cfg, tokenizer)
     model.set_grad_checkpointing(cfg.model.grad_checkpointing)
+    # Before the objective: the EMA teacher copies the (LoRA-adapted) tower with the same parameter names.
+    trainable_counts = apply_trainable(model, cfg.model.trainable, cfg.model.lora)
+    if ctx.is_main:
+        log.info("trainable parameters per tower: %s", trainable_counts)
     objective = build_objective(cfg, model).to(device)
     # Wrap before building the optimiser: FSDP2 replaces parameters by sharded ones.
     wrapped = dist_utils.wrap(objective, cfg.distributed, ctx, device, cfg.train.precision)
@@ -156,7 +162,15 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
         desc="train",
         mininterval=1.0,
     )
-    consecutive_nonfinite = 0
+    # Non-finite steps, counted on the device: the current run, its longest since the last check, the total.
+    bad_run = torch.zeros((), device=device)
+    bad_peak = torch.zeros((), device=device)
+    bad_total = torch.zeros((), device=device)
+    # Checked at least every max_nonfinite_steps steps, so a run stops at most that many steps late.
+    check_every = max(1, min(cfg.train.log_every, cfg.train.max_nonfinite_steps))
+    # Skipping a non-finite step on the device needs an optimiser that takes a found_inf flag (fused AdamW).
+    device_skip = not scaler.is_enabled() and getattr(optimizer, "_step_supports_amp_scaling", False)
+    grad_norm = torch.zeros(())
     collapse_watch = CollapseWatch(cfg.loss.head_out_dim, cfg.train.collapse_patience)
     collapse_warnings: list[str] = []
     skip_by_worker: dict[str, dict[str, int]] = {}
@@ -202,8 +216,10 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
         ssl_scale = min(1.0, step / ssl_warmup_steps) if ssl_warmup_steps > 0 else 1.0
         ssl_scales = {"distill": ssl_scale, "mask": ssl_scale}
 
-        sums: dict[str, float] = {}
-        finite = True
+        # Losses and the finite flag stay on the device; the host reads them on check steps only, so a
+        # step queues its kernels without waiting for the previous one to finish.
+        sums: dict[str, torch.Tensor] = {}
+        step_finite = torch.ones((), dtype=torch.bool, device=device)
         for micro in range(cfg.train.accum_steps):
             batch = next(batches)
             skip_by_worker.update(batch.pop("skip_counts", {}) or {})
@@ -213,56 +229,79 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
             with dist_utils.no_sync_unless(wrapped, sync), _autocast(cfg.train.precision, device):
                 losses = compiled(batch, teacher_temp, ssl_scales)
             loss = losses["loss"] / cfg.train.accum_steps
-            finite = finite and ctx.all_true(bool(torch.isfinite(loss.detach())))
+            step_finite = step_finite & torch.isfinite(loss.detach())
             scaler.scale(loss).backward()
             for key, value in losses.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach()) / cfg.train.accum_steps
+                part = value.detach().float() / cfg.train.accum_steps
+                sums[key] = sums[key] + part if key in sums else part
             images_seen += batch["global_crops"].shape[0] * ctx.world_size
+        finite = _all_ranks_finite(step_finite, ctx)
+        bad = (~finite).float()
+        bad_run = (bad_run + 1.0) * bad  # consecutive non-finite steps; 0 after a good one
+        bad_peak = torch.maximum(bad_peak, bad_run)
+        bad_total = bad_total + bad
 
-        if not finite:
-            optimizer.zero_grad(set_to_none=True)
-            nonfinite_total += 1
-            consecutive_nonfinite += 1
-            log.warning("non-finite loss at step %d: step skipped (%d in a row)", step, consecutive_nonfinite)
-            if consecutive_nonfinite >= cfg.train.max_nonfinite_steps:
+        is_log = (step + 1) % cfg.train.log_every == 0 or step == start_step or step + 1 == total_steps
+        is_save = (step + 1) % cfg.train.save_every == 0 and step + 1 < end_step
+        if device_skip:
+            skipped = False
+        else:  # fp16 (the scaler reads its own inf flag every step anyway) or an optimiser without found_inf
+            skipped = not bool(finite)
+        if not skipped:
+            if step < cfg.train.head_warmup_steps:
+                hold_all_but_heads(objective)  # towers and temperature held; before clipping
+            scaler.unscale_(optimizer)
+            grad_norm = dist_utils.clip_grad_norm(objective, cfg.optim.grad_clip, ctx)
+            if step < cfg.optim.freeze_last_layer_steps:
+                for name, param in objective.named_parameters():
+                    if "last_layer" in name:
+                        param.grad = None
+            if device_skip:
+                optimizer.found_inf = (
+                    bad  # the fused AdamW kernel leaves params, moments and step as they are
+                )
+            scaler.step(optimizer)
+            if device_skip:
+                del optimizer.found_inf
+            scaler.update()
+            # A skipped step leaves the teacher as it is too (momentum 1).
+            objective.update_teacher(torch.where(finite, momentum, 1.0) if device_skip else momentum)
+        optimizer.zero_grad(set_to_none=True)
+        if step + 1 == cfg.train.head_warmup_steps:
+            copy_teacher_heads(objective)
+
+        if is_log or is_save or (step + 1) % check_every == 0 or skipped or step + 1 == end_step:
+            peak, now, seen = (int(v) for v in torch.stack([bad_peak, bad_run, bad_total]).tolist())
+            if seen:
+                log.warning(
+                    "%d non-finite loss step(s) skipped up to step %d (%d in a row now)", seen, step, now
+                )
+            nonfinite_total += seen
+            bad_total = torch.zeros_like(bad_total)
+            bad_peak = bad_run.clone()
+            if peak >= cfg.train.max_nonfinite_steps:
                 stopper.__exit__()
                 progress.close()
                 metrics.close()
                 raise NonFiniteLossError(
-                    f"{consecutive_nonfinite} consecutive non-finite losses at step {step}; stopping. "
+                    f"{peak} consecutive non-finite losses by step {step}; stopping. "
                     f"The last good checkpoint is kept in {ckpt_dir}."
                 )
-            progress.update(1)
-            if stopper.requested(ctx):
-                stop_signal, end_step = stopper.signal_name or "signal", step + 1
-                break
-            continue
-        consecutive_nonfinite = 0
-        sums = ctx.mean_values(sums)
-
-        scaler.unscale_(optimizer)
-        grad_norm = dist_utils.clip_grad_norm(objective, cfg.optim.grad_clip, ctx)
-        if step < cfg.optim.freeze_last_layer_steps:
-            for name, param in objective.named_parameters():
-                if "last_layer" in name:
-                    param.grad = None
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        objective.update_teacher(momentum)
-
-        last_metrics = {
-            **sums,
-            "lr": lr,
-            "weight_decay": wd,
-            "teacher_momentum": momentum,
-            "teacher_temp": teacher_temp,
-            "grad_norm": float(grad_norm),
-        }
-        for reason, count in _total_skips(skip_by_worker, ctx).items():
-            last_metrics[f"skipped_{reason}"] = count
-        last_metrics["caption_fallbacks"] = caption_fallbacks
-        if (step + 1) % cfg.train.log_every == 0 or step == start_step or step + 1 == total_steps:
+            step_was_finite = now == 0
+        else:
+            step_was_finite = True  # not read on this step; only logged steps need it
+        if is_log and step_was_finite:
+            last_metrics = {
+                **_read_means(sums, ctx),
+                "lr": lr,
+                "weight_decay": wd,
+                "teacher_momentum": momentum,
+                "teacher_temp": teacher_temp,
+                "grad_norm": float(grad_norm),
+            }
+            for reason, count in _total_skips(skip_by_worker, ctx).items():
+                last_metrics[f"skipped_{reason}"] = count
+            last_metrics["caption_fallbacks"] = caption_fallbacks
             elapsed = max(time.perf_counter() - window_start, 1e-9)
             last_metrics["images_per_s"] = images_seen / elapsed  # whole job
             last_metrics["images_per_s_per_rank"] = images_seen / elapsed / ctx.world_size
@@ -270,11 +309,11 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
             metrics.log(step, last_metrics)
             if ctx.is_main:
                 collapse_warnings.extend(collapse_watch.update(step, last_metrics))
-        progress.set_postfix(
-            {k.replace("loss_", ""): f"{v:.3f}" for k, v in sums.items() if k.startswith("loss")}
-            | {"lr": f"{lr:.1e}"},
-            refresh=False,
-        )
+            progress.set_postfix(
+                {k.replace("loss_", ""): f"{v:.3f}" for k, v in last_metrics.items() if k.startswith("loss")}
+                | {"lr": f"{lr:.1e}"},
+                refresh=False,
+            )
         progress.update(1)
         if (step + 1) % cfg.train.save_every == 0 and step + 1 < end_step:
             save(step + 1)
@@ -282,6 +321,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
             stop_signal, end_step = stopper.signal_name or "signal", step + 1
             break
     stopper.__exit__()
+    nonfinite_total += int(bad_total.item())  # steps since the last check (a signal stops between checks)
 
     final_step = end_step
     final_payload = save(final_step)
@@ -302,7 +342,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
         export_dir = run_dir / "final"
         # Export from the full state so that sharded (FSDP) runs export the same way as single-process ones.
         model = TIPSModel(model.cfg, tokenizer=tokenizer)
-        model.load_state_dict(final_payload["model"])
+        model.load_state_dict(merge_lora_state(final_payload["model"])[0])  # LoRA runs export merged
         model.save_pretrained(export_dir)
         summary["export"] = str(export_dir)
         plot = plot_losses(run_dir / "metrics.jsonl", run_dir / "loss_curves.png", cfg.loss.head_out_dim)
@@ -313,6 +353,25 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
     ctx.barrier()
     dist_utils.cleanup(ctx)
     return summary
+
+
+def _all_ranks_finite(flag: torch.Tensor, ctx) -> torch.Tensor:
+    """``flag`` AND-ed over ranks, on the device (an all-reduce, no host sync)."""
+    if not ctx.enabled:
+        return flag
+    count = (~flag).float()
+    torch.distributed.all_reduce(count)
+    return count == 0
+
+
+def _read_means(sums: dict[str, torch.Tensor], ctx) -> dict[str, float]:
+    """The step's device-side metrics as floats, averaged over ranks: one transfer for all of them."""
+    keys = sorted(sums)
+    values = torch.stack([sums[k].reshape(()) for k in keys])
+    if ctx.enabled:
+        torch.distributed.all_reduce(values)
+        values = values / ctx.world_size
+    return dict(zip(keys, values.tolist()))
 
 
 def _total_skips(by_worker: dict[str, dict[str, int]], ctx) -> dict[str, int]:

@@ -42,8 +42,13 @@ class Teacher(nn.Module):
 
     @torch.no_grad()
     def update(
-        self, momentum: float, vision: nn.Module, dino_head: nn.Module | None, ibot_head: nn.Module | None
+        self,
+        momentum: float | torch.Tensor,
+        vision: nn.Module,
+        dino_head: nn.Module | None,
+        ibot_head: nn.Module | None,
     ) -> None:
+        """``momentum`` may be a 0-dim device tensor (the loop's skip flag folded in) to avoid a host sync."""
         teacher_params, student_params = [], []
         for teacher, student in self.pairs(vision, dino_head, ibot_head):
             for (t_name, t_param), (s_name, s_param) in zip(
@@ -53,5 +58,10 @@ class Teacher(nn.Module):
                     raise RuntimeError(f"teacher/student parameter mismatch: {t_name} vs {s_name}")
                 teacher_params.append(t_param)
                 student_params.append(s_param.detach().to(t_param.dtype))
-        if teacher_params:
+        if not teacher_params:
+            return
+        if isinstance(momentum, torch.Tensor):  # the list overload keeps the weight on the device
+            weight = 1.0 - momentum
+            torch._foreach_lerp_(teacher_params, student_params, [weight] * len(teacher_params))
+        else:
             torch._foreach_lerp_(teacher_params, student_params, 1.0 - momentum)
