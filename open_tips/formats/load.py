@@ -76,6 +76,13 @@ def _build(
             + ("" if known_temperature else " (a placeholder: zero-shot probabilities will be off)"),
             stacklevel=3,
         )
+    if config is not None:
+        try:
+            found_cfg = infer_vision_config(vision_state, source)
+        except CheckpointError:
+            found_cfg = None  # load_strict names what is missing
+        if found_cfg is not None:
+            _check_config_fits(cfg, found_cfg.width, found_cfg.depth, source)
     model = TIPSModel(cfg)
     load_strict(model.vision, vision_state, f"{source} (vision)")
     if text_state is not None:
@@ -211,6 +218,16 @@ def load_pretrained(
     return model
 
 
+def _check_config_fits(cfg: TIPSConfig, width: int, depth: int, source: str) -> None:
+    """A chosen config of another shape: one line naming both shapes, not every mismatched key."""
+    if (cfg.vision.width, cfg.vision.depth) != (width, depth):
+        raise CheckpointError(
+            f"{source}: checkpoint width {width} depth {depth} vs {cfg.name} width {cfg.vision.width} "
+            f"depth {cfg.vision.depth}; choose a config of that shape, or none (--config unset) to read the "
+            "architecture off the weights"
+        )
+
+
 def _load_training_checkpoint(path: Path, config: str | TIPSConfig | None) -> TIPSModel:
     if path.is_dir():
         found = latest_checkpoint(path / "checkpoints")
@@ -230,6 +247,9 @@ def _load_training_checkpoint(path: Path, config: str | TIPSConfig | None) -> TI
         if isinstance(config, str)
         else config or TIPSConfig.from_dict(payload["model_config"])
     )
+    if config is not None:
+        stored = TIPSConfig.from_dict(payload["model_config"]).vision
+        _check_config_fits(cfg, stored.width, stored.depth, str(path))
     model = TIPSModel(cfg)
     load_strict(model, payload["model"], str(path))
     return model
