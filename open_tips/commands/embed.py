@@ -11,7 +11,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from open_tips.inference.options import add_model_args, fail, input_images, load_model, report_skipped
+from open_tips.inference.options import (
+    add_model_args,
+    fail,
+    input_images,
+    load_model,
+    precision_metadata,
+    report_skipped,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -74,15 +81,25 @@ def run(args: argparse.Namespace) -> int:
         report_skipped(skipped)
         fail(f"none of the {len(paths)} inputs could be read")
     arrays = {key: torch.cat(parts).numpy() for key, parts in store.items()}
+    precision = precision_metadata(args)
 
     def write(tmp: str) -> None:
         if output.suffix == ".npz":
             with open(tmp, "wb") as handle:  # a handle: np.savez would append ".npz" to a bare temp name
-                np.savez(handle, paths=np.array(done, dtype=str), **arrays)
+                np.savez(
+                    handle,
+                    paths=np.array(done, dtype=str),
+                    **arrays,
+                    **{key: np.array(value) for key, value in precision.items()},
+                )
         else:
             from safetensors.numpy import save_file
 
-            save_file(arrays, tmp, metadata={"paths": json.dumps(done), "skipped": json.dumps(skipped)})
+            save_file(
+                arrays,
+                tmp,
+                metadata={"paths": json.dumps(done), "skipped": json.dumps(skipped), **precision},
+            )
 
     atomic_write(output, write)
     shapes = ", ".join(f"{key} {list(value.shape)}" for key, value in arrays.items())

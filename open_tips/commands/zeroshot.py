@@ -8,7 +8,14 @@ from pathlib import Path
 
 import torch
 
-from open_tips.inference.options import add_model_args, fail, input_images, load_model, report_skipped
+from open_tips.inference.options import (
+    add_model_args,
+    fail,
+    input_images,
+    load_model,
+    precision_metadata,
+    report_skipped,
+)
 
 
 def add_class_args(parser: argparse.ArgumentParser) -> None:
@@ -89,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
             "templates": templates,
             "cls": args.cls,
             "temperature": temperature,
+            **precision_metadata(args),
             "results": results,
             "skipped": skipped,
         }

@@ -121,6 +121,12 @@ def prepare_for_inference(model, dtype: str = "fp32", compile: bool = False):
     return model
 
 
+def precision_metadata(args: argparse.Namespace) -> dict[str, str]:
+    """``{"dtype": "bf16", "compile": "false"}``: how the outputs were computed, for the files the commands
+    write (reduced-precision features differ from float32 ones by about 1e-2 relative)."""
+    return {"dtype": getattr(args, "dtype", "fp32"), "compile": str(getattr(args, "compile", False)).lower()}
+
+
 def resolve_device(name: str | None) -> torch.device:
     return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
