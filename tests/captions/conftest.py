@@ -12,8 +12,9 @@ import pytest
 from PIL import Image
 
 from open_tips.captions.tiny import make_tiny_paligemma
+from tests import COCO_MINI
 
-COCO = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "coco-mini"
+COCO = COCO_MINI
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,10 @@ from PIL import Image, ImageOps
 from torchvision.transforms.v2 import functional as TF
 
 import open_tips
+from tests import COCO_MINI
 from tests.helpers import make_tiny_checkpoint
 
-COCO = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "coco-mini" / "val2017"
+COCO = COCO_MINI / "val2017"
 NUM_IMAGES = 3
 # --config tiny: heads cannot be read off the weights at width 64.
 COMMON = ["--config", "tiny", "--device", "cpu", "--image-size", "56"]

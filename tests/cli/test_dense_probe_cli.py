@@ -18,6 +18,7 @@ import open_tips
 from open_tips.formats.dpt import load_dense_heads, save_dense_heads, write_scenic_zip
 from open_tips.inference.images import load_image
 from open_tips.models.dpt import default_layers
+from tests import COCO_MINI
 from tests.cli.conftest import good_images, open_rgb
 from tests.models.test_dpt import random_decoders
 
@@ -120,7 +121,7 @@ def test_dense_bad_input_is_one_line(checkpoint, heads, images, tmp_path, heads_
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], run.stderr
 
 
-COCO_ANN = ROOT.parent / "shared" / "data" / "coco-mini" / "annotations" / "instances_val2017.json"
+COCO_ANN = COCO_MINI / "annotations" / "instances_val2017.json"
 
 
 def test_probe_fit_apply_and_refusal(checkpoint, tmp_path):

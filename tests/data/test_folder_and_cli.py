@@ -10,8 +10,9 @@ from open_tips.cli import main as cli_main
 from open_tips.data.builtin import BuiltinShapes
 from open_tips.data.folder import CocoCaptionsDataset, FolderDataset
 from open_tips.data.shards import ShardDataset
+from tests import COCO_MINI
 
-COCO = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "coco-mini"
+COCO = COCO_MINI
 COCO_VAL = COCO / "annotations" / "captions_val2017.json"
 
 

@@ -5,7 +5,6 @@ import io
 import json
 import random
 import tarfile
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -14,8 +13,9 @@ import open_tips.data.shards as shards
 from open_tips.data.tokenizer import Tokenizer
 from open_tips.train.config import load_config
 from open_tips.train.loop import train
+from tests import COCO_MINI
 
-COCO = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "coco-mini" / "train2017"
+COCO = COCO_MINI / "train2017"
 
 
 def _encode(image: Image.Image, fmt: str) -> bytes:

@@ -13,8 +13,9 @@ from torch.utils.data import DataLoader
 from open_tips.data.builtin import BuiltinShapes
 from open_tips.data.decode import decode_image
 from open_tips.data.shards import ShardDataset, expand_urls, split_shards, write_shards
+from tests import COCO_MINI
 
-COCO = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "coco-mini"
+COCO = COCO_MINI
 
 
 def _builtin_samples(n, seed=5):

@@ -11,9 +11,10 @@ import torch.nn.functional as F
 
 import open_tips
 from open_tips.eval.features import FeatureSet
+from tests import COCO_MINI
 from tests.helpers import make_tiny_checkpoint
 
-COCO = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "coco-mini"
+COCO = COCO_MINI
 
 
 @pytest.fixture(scope="session")
