@@ -119,6 +119,8 @@ class TrainSection:
     max_nonfinite_steps: int = 5  # consecutive non-finite losses before the run stops
     collapse_patience: int = 5  # consecutive log steps with a uniform / collapsed teacher before a warning
     threads: int = 0  # torch.set_num_threads; 0 = leave as is
+    # Device peak TFLOP/s for the logged mfu; 0 = the table in open_tips.train.flops (known GPUs; none on CPU).
+    peak_tflops: float = 0.0
 
 
 @dataclass

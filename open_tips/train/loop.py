@@ -32,12 +32,13 @@ from open_tips.train.checkpoint import (
 )
 from open_tips.train.config import TrainConfig
 from open_tips.train.data import build_tokenizer, build_train_batches
+from open_tips.train.flops import FlopsMeter, peak_tflops
 from open_tips.train.interrupt import GracefulStop
 from open_tips.train.metrics import MetricsLogger, plot_losses
 from open_tips.train.monitor import CollapseWatch
 from open_tips.train.objective import build_objective
 from open_tips.train.optim import build_optimizer, set_schedules
-from open_tips.train.schedules import cosine, linear_warmup, warmup_cosine
+from open_tips.train.schedules import cosine, linear_warmup, run_steps, warmup_cosine
 from open_tips.train.trainable import apply_trainable, copy_teacher_heads, hold_all_but_heads
 
 log = logging.getLogger("open_tips.train")
@@ -171,6 +172,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
     # Skipping a non-finite step on the device needs an optimiser that takes a found_inf flag (fused AdamW).
     device_skip = not scaler.is_enabled() and getattr(optimizer, "_step_supports_amp_scaling", False)
     grad_norm = torch.zeros(())
+    flops_meter = FlopsMeter(objective, ctx.world_size)  # per rank, from the shapes of the views run
+    device_peak = peak_tflops(device, cfg.train.precision, cfg.train.peak_tflops)
     collapse_watch = CollapseWatch(cfg.loss.head_out_dim, cfg.train.collapse_patience)
     collapse_warnings: list[str] = []
     skip_by_worker: dict[str, dict[str, int]] = {}
@@ -201,16 +204,19 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
         ctx.barrier()
         return payload
 
+    # Warm-ups are fractions of the run (as DINOv2's are of its epochs) unless given in steps.
+    lr_warmup = run_steps(cfg.optim.warmup_steps, cfg.optim.warmup_fraction, total_steps)
+    temp_warmup = run_steps(
+        cfg.loss.teacher_temp_warmup_steps, cfg.loss.teacher_temp_warmup_fraction, total_steps
+    )
     step = start_step
     stop_signal: str | None = None
     stopper = GracefulStop(verbose=ctx.is_main).__enter__()  # SIGINT/SIGTERM: save and stop after a step
     for step in range(start_step, end_step):
-        lr = warmup_cosine(step, total_steps, cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps)
+        lr = warmup_cosine(step, total_steps, cfg.optim.lr, cfg.optim.min_lr, lr_warmup)
         wd = cosine(step, total_steps, cfg.optim.weight_decay, cfg.optim.weight_decay_end)
         momentum = cosine(step, total_steps, cfg.teacher.momentum_start, cfg.teacher.momentum_end)
-        teacher_temp = linear_warmup(
-            step, cfg.loss.teacher_temp_warmup_steps, cfg.loss.warmup_teacher_temp, cfg.loss.teacher_temp
-        )
+        teacher_temp = linear_warmup(step, temp_warmup, cfg.loss.warmup_teacher_temp, cfg.loss.teacher_temp)
         set_schedules(optimizer, lr, wd)
         ssl_warmup_steps = cfg.loss.ssl_weight_warmup * total_steps
         ssl_scale = min(1.0, step / ssl_warmup_steps) if ssl_warmup_steps > 0 else 1.0
@@ -225,6 +231,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
             skip_by_worker.update(batch.pop("skip_counts", {}) or {})
             caption_fallbacks += int(batch.pop("caption_fallbacks", 0) or 0)
             batch = _to_device(batch, device)
+            flops_meter.add(batch)
             sync = micro == cfg.train.accum_steps - 1
             with dist_utils.no_sync_unless(wrapped, sync), _autocast(cfg.train.precision, device):
                 losses = compiled(batch, teacher_temp, ssl_scales)
@@ -305,6 +312,9 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
             elapsed = max(time.perf_counter() - window_start, 1e-9)
             last_metrics["images_per_s"] = images_seen / elapsed  # whole job
             last_metrics["images_per_s_per_rank"] = images_seen / elapsed / ctx.world_size
+            last_metrics.update(
+                flops_meter.read(elapsed, device_peak)
+            )  # tflops per rank, mfu with a known peak
             images_seen, window_start = 0, time.perf_counter()
             metrics.log(step, last_metrics)
             if ctx.is_main:
