@@ -42,11 +42,12 @@ from open_tips.captions.sources import (
     ShardWriter,
     Unit,
     UnreadableUnit,
-    atomic_write_json,
     decode_image,
     discover_units,
     read_unit,
 )
+from open_tips.data.decode import load_json_object
+from open_tips.utils.atomic import atomic_write, atomic_write_json, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +122,9 @@ def parse_sample(raw: RawSample, size_hint: int | None = None) -> Sample:
         sample.meta = dict(raw.meta_override)
     elif (data := raw.member("json")) is not None:
         try:
-            sample.meta = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            sample.error, sample.detail = "malformed_json", str(err)
-            return sample
-        if not isinstance(sample.meta, dict):
-            sample.error, sample.detail = "malformed_json", f"top level is {type(sample.meta).__name__}"
+            sample.meta = load_json_object(data)  # training's rule and reason
+        except BadImage as bad:
+            sample.error, sample.detail = bad.reason, bad.detail
             return sample
     if sample.meta is not None and not isinstance(sample.meta.get("synthetic_captions", []), list):
         sample.error, sample.detail = "malformed_json", "synthetic_captions is not a list"
@@ -367,31 +365,33 @@ def process_unit(
     streak = streak or ErrorStreak(max(8, config.batch_size))
     start = time.perf_counter()
     final = _output_path(output_dir, unit, config.sidecar)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     report = UnitReport(unit.name, unit.source, final.name)
     torch.manual_seed(_unit_seed(config.seed, unit.name))
-    writer: ShardWriter | JsonlWriter = JsonlWriter(tmp) if config.sidecar else ShardWriter(tmp)
-    samples = _prefetch((parse_sample(raw, size_hint) for raw in read_unit(unit)), 2 * config.batch_size)
-    try:
-        for batch in _batched(samples, config.batch_size):
-            caption_batch(batch, captioner, config, streak)
-            for sample in batch:
-                report.add(sample)
-                _write(writer, sample, unit)
-                sample.image = None
-            if progress is not None:
-                progress.update(len(batch))
-            if hook is not None:
-                hook("batch", unit.name, report.samples)
-        writer.close()
-        os.replace(tmp, final)
-    except BaseException:
-        if not writer.handle.closed:
-            writer.handle.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    finally:
-        samples.close()  # stops the reading thread now, not whenever the traceback is collected
+
+    def fill(tmp: str) -> None:
+        writer: ShardWriter | JsonlWriter = (
+            JsonlWriter(Path(tmp)) if config.sidecar else ShardWriter(Path(tmp))
+        )
+        samples = _prefetch((parse_sample(raw, size_hint) for raw in read_unit(unit)), 2 * config.batch_size)
+        try:
+            for batch in _batched(samples, config.batch_size):
+                caption_batch(batch, captioner, config, streak)
+                for sample in batch:
+                    report.add(sample)
+                    _write(writer, sample, unit)
+                    sample.image = None
+                if progress is not None:
+                    progress.update(len(batch))
+                if hook is not None:
+                    hook("batch", unit.name, report.samples)
+            writer.close()
+        finally:
+            if not writer.handle.closed:
+                writer.handle.close()
+            samples.close()  # stops the reading thread now, not whenever the traceback is collected
+
+    # The unit's output appears complete or not at all; a failure removes the temporary file.
+    atomic_write(final, fill)
     report.seconds = time.perf_counter() - start
     return report
 
@@ -452,11 +452,12 @@ def _done_markers(output_dir: Path) -> dict[str, Path]:
 def _clean_stale_temps(output_dir: Path, units: list[Unit]) -> None:
     """Removes temporary files a killed run left for this rank's units (never another rank's)."""
     names = {u.name for u in units}
-    for path in list(output_dir.glob(".*.tmp-*")) + list((output_dir / DONE_DIR).glob(".*.tmp-*")):
-        stem = path.name[1:].split(".tmp-")[0]
-        stem = stem.rsplit(".", 1)[0]  # drop .tar / .jsonl / .json
-        if stem in names:
-            path.unlink(missing_ok=True)
+
+    def owned(target: str) -> bool:
+        return target.rsplit(".", 1)[0] in names  # drop .tar / .jsonl / .json
+
+    for directory in (output_dir, output_dir / DONE_DIR):
+        remove_stale_temporaries(directory, owned)
 
 
 def _merge_reports(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:

@@ -4,36 +4,37 @@ A unit is one input tar shard, or a chunk of ``chunk_size`` images of an image f
 raw members (name, tar header, bytes) so that output shards can copy them unchanged; images are decoded
 separately (``decode_image``), and every problem becomes a named reason on the sample, never an exception.
 
-Self-contained on purpose (tarfile + webdataset's ``gopen``/brace expansion): the training-side readers in
-``open_tips.data`` evolve independently. The member grouping and the failure reasons follow the same
-conventions (docs/architecture.md): a key is a member name up to the first dot of its file name, members of a
-sample are consecutive, a ``<key>.txt`` member stands in for a missing ``web_caption``.
+Reading, decoding and listing are training's own (open_tips.data): the tar reader and member-name split of
+``data.shards``, the image decoding and skip reasons of ``data.decode`` (an image training would drop, e.g. as
+too small, is not captioned and carries the same reason), the folder listing and ``captions.jsonl`` reader of
+``data.folder``; outputs are published by open_tips.utils.atomic. Only the grouping into raw members (kept
+for byte-identical copies) and the unit bookkeeping live here.
 """
 
 from __future__ import annotations
 
 import copy
-import glob
 import io
 import json
 import os
-import re
 import tarfile
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import braceexpand
-import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
-MAX_PIXELS = 89_478_485  # PIL's decompression-bomb threshold
-_KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's split of a member name
-_ARCHIVE_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, ValueError)
+from open_tips.data import decode as _decode
+from open_tips.data.decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, SkipSample
+from open_tips.data.folder import image_files, jsonl_lines
+from open_tips.data.shards import ShardDamage, expand_urls, iter_tar_members, safe_key, split_member_name
+from open_tips.utils.atomic import atomic_write_json
+
+MAX_PIXELS = DEFAULT_MAX_PIXELS
 _TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst", ".tar")
+# A failed decode (data.decode's SkipSample: ``reason``, ``detail``), under the captioner's older name.
+BadImage = SkipSample
 
 
 @dataclass
@@ -66,12 +67,12 @@ class Unit:
             with tarfile.open(self.source, "r:") as archive:  # seeks from header to header
                 return len(
                     {
-                        m.group(1)
+                        split[0]
                         for info in archive
-                        if info.isreg() and (m := _KEY_EXT.match(info.name)) is not None
+                        if info.isreg() and (split := split_member_name(info.name)) is not None
                     }
                 )
-        except _ARCHIVE_ERRORS:
+        except Exception:  # noqa: BLE001 - only a hint: a damaged archive is reported when it is read
             return None
 
 
@@ -99,23 +100,8 @@ class RawSample:
 
 
 def _ext(name: str) -> str:
-    match = _KEY_EXT.match(name)
-    return match.group(2).lower() if match else ""
-
-
-def _expand(item: str) -> list[str]:
-    """Shard URLs of one ``--input`` entry: ``::``-separated lists, brace patterns, and local globs."""
-    urls: list[str] = []
-    for part in item.split("::"):
-        for url in braceexpand.braceexpand(part):
-            if not re.match(r"^[a-z]+:", url) and any(c in url for c in "*?["):
-                matches = sorted(glob.glob(url))
-                if not matches:
-                    raise FileNotFoundError(f"no file matches {url}")
-                urls.extend(matches)
-            else:
-                urls.append(url)
-    return urls
+    split = split_member_name(name)
+    return split[1] if split else ""
 
 
 def unit_name_for(url: str) -> str:
@@ -130,46 +116,32 @@ def unit_name_for(url: str) -> str:
 
 def _folder_items(folder: Path) -> list[FolderItem]:
     """Images of a folder: the ``captions.jsonl`` entries if the file exists (the contract's folder layout),
-    else every image file below the folder, sorted."""
+    else every image file below the folder, sorted (data.folder's listing, as training reads folders)."""
     jsonl = folder / "captions.jsonl"
     items: list[FolderItem] = []
     if jsonl.is_file():
-        with jsonl.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                    relative = record["image"]
-                    if not isinstance(record, dict) or not isinstance(relative, str):
-                        raise TypeError
-                except (json.JSONDecodeError, KeyError, TypeError) as err:
-                    items.append(
-                        FolderItem(
-                            f"captions.jsonl:{number}",
-                            f"captions_jsonl_line{number:08d}",
-                            error=f"malformed_jsonl: {type(err).__name__}",
-                        )
+        for number, record in jsonl_lines(jsonl):
+            relative = record.get("image") if isinstance(record, dict) else None
+            if not isinstance(relative, str):
+                error = record.detail if isinstance(record, SkipSample) else "no image path"
+                items.append(
+                    FolderItem(
+                        f"captions.jsonl:{number}",
+                        f"captions_jsonl_line{number:08d}",
+                        error=f"malformed_jsonl: {error}",
                     )
-                    continue
-                items.append(FolderItem(relative, "", {k: v for k, v in record.items() if k != "image"}))
+                )
+                continue
+            items.append(FolderItem(relative, "", {k: v for k, v in record.items() if k != "image"}))
     else:
-        items = [
-            FolderItem(str(p.relative_to(folder)), "")
-            for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS
-        ]
+        items = [FolderItem(relative, "") for relative in image_files(folder)]
     used: set[str] = set()
     for item in items:
         if item.error is None:
-            # webdataset keys end at the first dot of the file name: keep dots out of the stem.
-            parent, _, name = str(Path(item.relative).with_suffix("")).rpartition("/")
-            base = (f"{parent}/" if parent else "") + name.replace(".", "_")
-            key, n = base, 1
-            while key in used:
-                key, n = f"{base}_{n}", n + 1
-            item.key = key
-        used.add(item.key)
+            # webdataset keys end at the first dot of the file name: data.shards' key rule, as make-shards
+            item.key = safe_key(Path(item.relative).with_suffix("").as_posix(), used)
+        else:
+            used.add(item.key)
     return items
 
 
@@ -192,7 +164,7 @@ def discover_units(inputs: list[str], chunk_size: int = 512) -> list[Unit]:
                     )
                 )
         else:
-            units.extend(Unit(unit_name_for(url), url) for url in _expand(item))
+            units.extend(Unit(unit_name_for(url), url) for url in expand_urls(item, glob_local=True))
     seen: dict[str, str] = {}
     for unit in units:
         if unit.name in seen:  # outputs and done markers are named after units
@@ -210,55 +182,27 @@ def discover_units(inputs: list[str], chunk_size: int = 512) -> list[Unit]:
 
 
 def _read_tar(url: str) -> Iterator[RawSample]:
-    """Consecutive members grouped by key. Archive damage ends the shard: the sample being read gets
-    ``truncated_tar_member``; an archive that cannot be opened at all raises ``UnreadableUnit``."""
-    from webdataset.gopen import gopen
-
-    try:
-        stream = gopen(url, "rb")
-        archive = tarfile.open(fileobj=stream, mode="r|*")
-    except Exception as err:  # noqa: BLE001 - missing file, failing pipe: command, not a tar, ...
-        raise UnreadableUnit(f"{type(err).__name__}: {err}") from err
+    """Consecutive members grouped by key (data.shards' reader). Archive damage ends the shard: the sample being
+    read gets ``truncated_tar_member`` or ``corrupt_shard`` and is copied through as far as it was read; an
+    archive that cannot be opened at all raises ``UnreadableUnit``."""
     current: RawSample | None = None
     try:
-        for info in archive:
-            if not info.isreg():
-                continue
-            match = _KEY_EXT.match(info.name)
-            if match is None or Path(info.name).name.startswith("__"):
-                continue  # webdataset metadata members such as __index__
-            key = match.group(1)
+        for key, _ext_name, info, data in iter_tar_members(url):
             if current is None or current.key != key:
                 if current is not None:
                     yield current
                 current = RawSample(key)
-            try:
-                handle = archive.extractfile(info)
-                data = handle.read() if handle is not None else b""
-            except _ARCHIVE_ERRORS as err:
-                data, reason = b"", f"{type(err).__name__}: {err}"
-            else:
-                reason = f"{info.name}: {len(data)} of {info.size} bytes"
-            if len(data) != info.size:
-                current.error, current.detail = "truncated_tar_member", reason
-                yield current
-                current = None
-                raise ArchiveDamage(reason)
             current.members.append((copy.copy(info), data))
-    except ArchiveDamage:
+    except ShardDamage as damage:
+        if damage.reason == "unreadable_shard":
+            raise UnreadableUnit(damage.detail) from damage
+        if current is None or (damage.key is not None and current.key != damage.key):
+            if current is not None:
+                yield current
+            current = RawSample(damage.key or "?")
+        current.error, current.detail = damage.reason, damage.detail
+        yield current
         return
-    except _ARCHIVE_ERRORS as err:
-        if current is None:
-            raise UnreadableUnit(f"{type(err).__name__}: {err}") from err
-        current.error, current.detail = "corrupt_shard", f"{type(err).__name__}: {err}"
-        yield current  # copied through as far as it was read, with its reason
-        current = None
-    finally:
-        try:
-            archive.close()
-            stream.close()
-        except Exception:  # noqa: BLE001 - e.g. a pipe: command exiting non-zero after being cut short
-            pass
     if current is not None:
         yield current
 
@@ -293,68 +237,20 @@ class UnreadableUnit(Exception):
     """A unit whose input cannot be opened at all (not marked done: a restart tries it again)."""
 
 
-class ArchiveDamage(Exception):
-    pass
-
-
 # ---------------------------------------------------------------------------------------------- decoding
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    mode = image.mode
-    if mode.startswith("I;16") or mode in ("I", "F"):  # 16-bit / float greyscale
-        array = np.nan_to_num(np.asarray(image, dtype=np.float32))
-        scale = (
-            255.0
-            if mode == "F" and float(array.max(initial=0.0)) <= 1.0
-            else (1.0 if mode == "F" else 1 / 257)
-        )
-        return Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8), "L").convert("RGB")
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")  # transparency over white, as a browser shows it
-        background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    return image.convert("RGB")
-
-
-class BadImage(Exception):
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
-
-
 def decode_image(data: bytes, size_hint: int | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Bytes -> RGB image (EXIF orientation applied), or ``BadImage(corrupt_image | image_too_large | ...)``.
+    """Bytes -> RGB image as training decodes it (data.decode.decode_image, same minimum side), or
+    ``BadImage`` (= SkipSample) with training's reason.
 
     ``size_hint``: the captioner's input side. JPEGs are then decoded at a reduced scale whose sides stay at
     least twice that (libjpeg's DCT scaling): the processor downsizes anyway, and full-size decoding of large
-    photos otherwise dominates the CPU time of small captioners."""
-    # No warnings.catch_warnings() here: this runs in the reading thread, and catch_warnings swaps the
-    # process-wide filter list, racing with the main thread's.
-    try:
-        image = Image.open(io.BytesIO(data))
-        if image.size[0] * image.size[1] > max_pixels:
-            raise BadImage("image_too_large", f"{image.size[0]}x{image.size[1]}")
-        if size_hint and image.format == "JPEG":
-            image.draft("RGB", (2 * size_hint, 2 * size_hint))
-        image.load()
-    except BadImage:
-        raise
-    except Image.DecompressionBombError as err:
-        raise BadImage("image_too_large", str(err)) from err
-    except Exception as err:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
-        raise BadImage("corrupt_image", f"{type(err).__name__}: {err}") from err
-    if min(image.size) < 2:
-        raise BadImage("image_too_small", f"{image.size[0]}x{image.size[1]}")
-    try:
-        ImageOps.exif_transpose(image, in_place=True)
-    except Exception:  # noqa: BLE001 - a damaged EXIF block must not lose a good image
-        pass
-    try:
-        return _to_rgb(image)
-    except (ValueError, OSError, TypeError) as err:
-        raise BadImage("unsupported_mode", f"{image.mode}: {err}") from err
+    photos otherwise dominates the CPU time of small captioners. Runs in the reading thread, so the global
+    warning filters are left alone."""
+    return _decode.decode_image(
+        data, max_pixels, draft_side=2 * size_hint if size_hint else None, in_thread=True
+    )
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -400,17 +296,22 @@ class JsonlWriter:
 
 
 def _sync_close(handle: Any) -> None:
-    # fsync before the rename that publishes the file: a crash must not leave a complete-looking empty file.
+    # The file is published by open_tips.utils.atomic (fsync, rename, directory fsync) after this.
     handle.flush()
-    os.fsync(handle.fileno())
     handle.close()
 
 
-def atomic_write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2, ensure_ascii=False)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+__all__ = [
+    "BadImage",
+    "FolderItem",
+    "JsonlWriter",
+    "RawSample",
+    "ShardWriter",
+    "Unit",
+    "UnreadableUnit",
+    "atomic_write_json",
+    "decode_image",
+    "discover_units",
+    "read_unit",
+    "unit_name_for",
+]

@@ -39,7 +39,7 @@ class SkipSample(Exception):
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
+        self.reason, self.detail = reason, detail
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -61,23 +61,41 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # RGB, L, 1, P, CMYK, YCbCr, ...
 
 
+def _open(data: bytes, max_pixels: int | None, draft_side: int | None) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:
+        raise SkipSample("image_too_large", f"{width}x{height} > {max_pixels} pixels")
+    if draft_side and image.format == "JPEG":
+        image.draft("RGB", (draft_side, draft_side))
+    image.load()  # decodes now: truncated or damaged data fails here
+    return image
+
+
 def decode_image(
-    data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE
+    data: bytes,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    min_side: int = MIN_SIDE,
+    draft_side: int | None = None,
+    in_thread: bool = False,
 ) -> Image.Image:
-    """Encoded bytes -> RGB PIL image, or SkipSample.
+    """Encoded bytes -> RGB PIL image, or SkipSample. Training and the captioner both decode with this.
 
     Any mode (CMYK, I;16, P, RGBA, LA, L, 1, ...) is converted to RGB; the EXIF orientation is applied. The size
     is checked against ``max_pixels`` from the header, before any pixel is decoded (None = no limit of ours;
-    PIL's own hard error above 2 x Image.MAX_IMAGE_PIXELS still applies and is counted the same way)."""
+    PIL's own hard error above 2 x Image.MAX_IMAGE_PIXELS still applies and is counted the same way).
+    ``draft_side``: JPEGs are decoded at a reduced DCT scale whose sides stay at least this long (for callers
+    that downsize anyway, such as a captioner's processor). ``in_thread``: leave the process-wide warning
+    filters alone (``warnings.catch_warnings`` is not thread-safe), at the cost of PIL's
+    DecompressionBombWarning for images above its own limit."""
     try:
-        with warnings.catch_warnings():
-            # Our own limit replaces PIL's warning, so that a limit above PIL's default is honoured.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if max_pixels is not None and width * height > max_pixels:
-                raise SkipSample("image_too_large", f"{width}x{height} > {max_pixels} pixels")
-            image.load()  # decodes now: truncated or damaged data fails here
+        if in_thread:
+            image = _open(data, max_pixels, draft_side)
+        else:
+            with warnings.catch_warnings():
+                # Our own limit replaces PIL's warning, so that a limit above PIL's default is honoured.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = _open(data, max_pixels, draft_side)
     except SkipSample:
         raise
     except Image.DecompressionBombError as err:
@@ -96,20 +114,23 @@ def decode_image(
         raise SkipSample("unsupported_mode", f"{image.mode}: {err}") from err
 
 
+def load_json_object(data: bytes | str) -> dict:
+    """JSON text that must be an object, or SkipSample("malformed_json")."""
+    try:
+        meta = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SkipSample("malformed_json", str(err)) from err
+    if not isinstance(meta, dict):
+        raise SkipSample("malformed_json", f"top level is {type(meta).__name__}, not an object")
+    return meta
+
+
 def parse_metadata(data: bytes | str | dict, fallback_caption: bytes | str | None = None) -> dict:
     """JSON metadata -> {"web_caption": str, "synthetic_captions": [dict], ...other fields}, or SkipSample.
 
     ``fallback_caption`` (e.g. a shard's ``.txt`` member, as img2dataset writes) stands in for a missing
     ``web_caption``."""
-    if isinstance(data, dict):
-        meta = dict(data)
-    else:
-        try:
-            meta = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise SkipSample("malformed_json", str(err)) from err
-    if not isinstance(meta, dict):
-        raise SkipSample("malformed_json", f"top level is {type(meta).__name__}, not an object")
+    meta = dict(data) if isinstance(data, dict) else load_json_object(data)
     web = meta.get("web_caption")
     if (not isinstance(web, str) or not web.strip()) and fallback_caption is not None:
         web = (
@@ -143,5 +164,6 @@ __all__ = [
     "SkipCounter",
     "SkipSample",
     "decode_image",
+    "load_json_object",
     "parse_metadata",
 ]

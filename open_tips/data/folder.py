@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 from torch.utils.data import Dataset
@@ -37,6 +38,7 @@ from open_tips.data.decode import (
     SkipCounter,
     SkipSample,
     decode_image,
+    load_json_object,
     parse_metadata,
 )
 
@@ -93,16 +95,38 @@ def default_coco_splits(root: str | Path) -> list[str]:
     return [s for s in splits if s.startswith("train")] or splits
 
 
+def image_files(root: str | Path) -> list[str]:
+    """The image files below ``root`` (recursive, sorted), as POSIX paths relative to it; training and the
+    captioner list plain folders with this."""
+    root = Path(root)
+    return [
+        path.relative_to(root).as_posix()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS
+    ]
+
+
+def jsonl_lines(path: str | Path) -> Iterator[tuple[int, dict | SkipSample]]:
+    """(line number, JSON object) for each non-blank line of a ``captions.jsonl``; a line that is not a JSON
+    object comes as SkipSample("malformed_json") in its place. Training and the captioner read indexes so."""
+    with open(path, encoding="utf-8", errors="replace") as lines:
+        for line_number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                yield line_number, load_json_object(line)
+            except SkipSample as skip:
+                yield line_number, skip
+
+
 def image_folder_records(
     root: str | Path, skipped: SkipCounter, keep_uncaptioned: bool = False
 ) -> list[dict]:
     """Records of a plain image folder (recursive, sorted): web caption from ``<name>.txt`` beside each image."""
     root = Path(root)
     records = []
-    for path in sorted(root.rglob("*")):
-        if not path.is_file() or path.suffix.lower().lstrip(".") not in IMAGE_EXTENSIONS:
-            continue
-        relative = path.relative_to(root).as_posix()
+    for relative in image_files(root):
+        path = root / relative
         sidecar = path.with_suffix(".txt")
         caption = sidecar.read_text(encoding="utf-8", errors="replace").strip() if sidecar.is_file() else ""
         if not caption and not keep_uncaptioned:
@@ -183,21 +207,20 @@ class FolderDataset(Dataset):
 
     def _read_jsonl(self, path: Path) -> list[dict]:
         records = []
-        with open(path, encoding="utf-8", errors="replace") as lines:
-            for line_number, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{line_number}"
-                try:
-                    meta = parse_metadata(line)
-                except SkipSample as skip:
-                    self.index_skipped.add(skip.reason, where, str(skip))
-                    continue
-                if not isinstance(meta.get("image"), str) or not meta["image"].strip():
-                    self.index_skipped.add("missing_image", where, "no image path")
-                    continue
-                meta.setdefault("__key__", Path(meta["image"]).with_suffix("").as_posix())
-                records.append(meta)
+        for line_number, record in jsonl_lines(path):
+            where = f"{path}:{line_number}"
+            try:
+                if isinstance(record, SkipSample):
+                    raise record
+                meta = parse_metadata(record)
+            except SkipSample as skip:
+                self.index_skipped.add(skip.reason, where, str(skip))
+                continue
+            if not isinstance(meta.get("image"), str) or not meta["image"].strip():
+                self.index_skipped.add("missing_image", where, "no image path")
+                continue
+            meta.setdefault("__key__", Path(meta["image"]).with_suffix("").as_posix())
+            records.append(meta)
         return records
 
     @property
@@ -270,5 +293,7 @@ __all__ = [
     "coco_caption_records",
     "coco_splits",
     "default_coco_splits",
+    "image_files",
     "image_folder_records",
+    "jsonl_lines",
 ]

@@ -22,6 +22,7 @@ always complete.
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import logging
@@ -48,6 +49,7 @@ from open_tips.data.decode import (
     decode_image,
     parse_metadata,
 )
+from open_tips.utils.atomic import publish
 
 log = logging.getLogger(__name__)
 
@@ -55,21 +57,31 @@ log = logging.getLogger(__name__)
 _KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 _META_MEMBER = re.compile(r"__[^/]*__($|/)")
 _ARCHIVE_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, ValueError)
+_SCHEME = re.compile(r"^[a-z]+:")  # pipe:, file:, http(s):, ...
 
 
-def expand_urls(urls: str | os.PathLike | Iterable[str]) -> list[str]:
-    """Brace-expands a pattern, a ``::``-separated list of patterns, or an iterable of patterns; keeps order."""
+def expand_urls(urls: str | os.PathLike | Iterable[str], glob_local: bool = False) -> list[str]:
+    """Brace-expands a pattern, a ``::``-separated list of patterns, or an iterable of patterns; keeps order.
+    ``glob_local``: local paths with ``*?[`` are also globbed (sorted; no match is an error)."""
     if isinstance(urls, (str, os.PathLike)):
         urls = str(urls).split("::")
     out: list[str] = []
     for pattern in urls:
-        out.extend(braceexpand.braceexpand(str(pattern)))
+        for url in braceexpand.braceexpand(str(pattern)):
+            if glob_local and not _SCHEME.match(url) and any(c in url for c in "*?["):
+                matches = sorted(glob.glob(url))
+                if not matches:
+                    raise FileNotFoundError(f"no file matches {url}")
+                out.extend(matches)
+            else:
+                out.append(url)
     if not out:
         raise ValueError("no shard URLs given")
     return out
 
 
-def _safe_key(key: str, used: set[str]) -> str:
+def safe_key(key: str, used: set[str]) -> str:
+    """``key`` made usable as a webdataset key: no dot, not in ``used`` (added to it)."""
     # A dot would move the key/extension split on reading; a repeated key would merge two samples.
     key = str(key).replace(".", "_") or "sample"
     candidate, n = key, 1
@@ -101,7 +113,7 @@ def write_shards(
     A sample has ``image`` (PIL image, uint8 array, or already-encoded bytes with ``image_ext``), ``web_caption``,
     ``synthetic_captions``, optional ``__key__``; other JSON-able fields go into the ``.json`` member too
     (``__``-prefixed and non-JSON-able ones, such as ground-truth arrays, are left out). Each shard is written
-    under a ``.tmp`` name and renamed when complete, so a crash never leaves a truncated shard under a real
+    under a ``.tmp`` name and published (open_tips.utils.atomic: fsync, rename, directory fsync) when complete, so a crash never leaves a truncated shard under a real
     name (why webdataset's TarWriter is used here rather than its ShardWriter)."""
     if max_per_shard < 1:
         raise ValueError(f"max_per_shard must be >= 1, got {max_per_shard}")
@@ -117,7 +129,7 @@ def write_shards(
         if writer is not None:
             writer.close()
             final = output_pattern % (shard_index - 1)
-            os.replace(tmp_path, final)
+            publish(tmp_path, final)  # fsynced before and after the rename, like every other writer
             written.append(final)
             writer = None
 
@@ -138,7 +150,7 @@ def write_shards(
                 for k, v in sample.items()
                 if k not in ("image", "image_ext") and not k.startswith("__") and _jsonable(v)
             }
-            key = _safe_key(sample.get("__key__") or f"{total:09d}", used)
+            key = safe_key(sample.get("__key__") or f"{total:09d}", used)
             writer.write({"__key__": key, ext: data, "json": json.dumps(meta).encode()})
             in_shard, total = in_shard + 1, total + 1
         finish()
@@ -164,29 +176,42 @@ def split_shards(urls: list[str], rank: int, world_size: int, worker: int, num_w
     return urls[rank::world_size][worker::num_workers]
 
 
-def iter_tar_samples(url: str, skipped: SkipCounter) -> Iterator[dict]:
-    """Raw samples ``{"__key__", "__url__", ext: bytes, ...}`` of one shard, grouping consecutive members by
-    key; archive damage is counted in ``skipped`` (see the module docstring) and ends the shard quietly."""
+def split_member_name(name: str) -> tuple[str, str] | None:
+    """webdataset's split of a member name: (key, lower-cased extension); None for a name without a dot."""
+    match = _KEY_EXT.match(name)
+    return (match.group(1), match.group(2).lower()) if match else None
+
+
+class ShardDamage(Exception):
+    """Archive damage that ends a shard: ``reason`` is ``unreadable_shard``, ``corrupt_shard`` or
+    ``truncated_tar_member`` (then ``key`` is the damaged member's key)."""
+
+    def __init__(self, reason: str, detail: str, key: str | None = None) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail, self.key = reason, detail, key
+
+
+def iter_tar_members(url: str) -> Iterator[tuple[str, str, tarfile.TarInfo, bytes]]:
+    """(key, extension, header, data) of each regular member of one shard, in archive order, webdataset's
+    metadata members (``__index__`` ...) left out. The one tar reader of open_tips: training groups these into
+    samples (``iter_tar_samples``), the captioner copies them byte for byte.
+
+    Damage raises ShardDamage after the last good member: ``unreadable_shard`` (cannot be opened, or fails
+    before its first member), ``corrupt_shard`` (an unreadable header or compressed stream later on),
+    ``truncated_tar_member`` (a member's data ends early; nothing after it is reachable)."""
     try:
         stream = gopen(url, "rb")
     except Exception as err:  # noqa: BLE001 - missing file, bad scheme, failing command, ...
-        skipped.add("unreadable_shard", url, f"{type(err).__name__}: {err}")
-        return
-    current: dict | None = None
+        raise ShardDamage("unreadable_shard", f"{type(err).__name__}: {err}") from err
     members = 0
     try:
         with tarfile.open(fileobj=stream, mode="r|*") as tar:
             for info in tar:
                 if not info.isreg() or _META_MEMBER.match(info.name):
                     continue
-                match = _KEY_EXT.match(info.name)
-                if match is None:
+                split = split_member_name(info.name)
+                if split is None:
                     continue
-                key, ext = match.group(1), match.group(2).lower()
-                if current is None or current["__key__"] != key:
-                    if current is not None:
-                        yield current
-                    current = {"__key__": key, "__url__": url}
                 try:
                     handle = tar.extractfile(info)
                     data = handle.read() if handle is not None else b""
@@ -195,21 +220,43 @@ def iter_tar_samples(url: str, skipped: SkipCounter) -> Iterator[dict]:
                 else:
                     detail = f"{info.name}: {len(data)} of {info.size} bytes"
                 if data is None or len(data) != info.size:
-                    skipped.add("truncated_tar_member", f"{url}:{key}", detail)
-                    return  # the stream position is lost: nothing after this member is reachable
+                    raise ShardDamage("truncated_tar_member", detail, key=split[0])
                 members += 1
-                if ext in current:  # the same key twice in a row: keep the first member
-                    log.warning("%s: duplicate member %s ignored", url, info.name)
-                    continue
-                current[ext] = data
+                yield split[0], split[1], info, data
+    except ShardDamage:
+        raise
     except _ARCHIVE_ERRORS as err:
-        # The pending sample goes on to decoding, which counts it if it is incomplete.
-        skipped.add("corrupt_shard" if members else "unreadable_shard", url, f"{type(err).__name__}: {err}")
+        reason = "corrupt_shard" if members else "unreadable_shard"
+        raise ShardDamage(reason, f"{type(err).__name__}: {err}") from err
     finally:
         try:
             stream.close()
         except Exception:  # noqa: BLE001 - e.g. a pipe: command that exits non-zero after being cut short
             pass
+
+
+def iter_tar_samples(url: str, skipped: SkipCounter) -> Iterator[dict]:
+    """Raw samples ``{"__key__", "__url__", ext: bytes, ...}`` of one shard, grouping consecutive members by
+    key; archive damage is counted in ``skipped`` (see the module docstring) and ends the shard quietly."""
+    current: dict | None = None
+    try:
+        for key, ext, info, data in iter_tar_members(url):
+            if current is None or current["__key__"] != key:
+                if current is not None:
+                    yield current
+                current = {"__key__": key, "__url__": url}
+            if ext in current:  # the same key twice in a row: keep the first member
+                log.warning("%s: duplicate member %s ignored", url, info.name)
+                continue
+            current[ext] = data
+    except ShardDamage as damage:
+        if damage.reason == "truncated_tar_member":
+            if current is not None and current["__key__"] != damage.key:
+                yield current  # complete: the damaged member starts the next sample
+            skipped.add(damage.reason, f"{url}:{damage.key}", damage.detail)
+            return  # that sample is dropped
+        # The pending sample goes on to decoding, which counts it if it is incomplete.
+        skipped.add(damage.reason, url, damage.detail)
     if current is not None:
         yield current
 
@@ -340,4 +387,14 @@ class ShardDataset(IterableDataset):
             yield stamped(sample)
 
 
-__all__ = ["ShardDataset", "expand_urls", "iter_tar_samples", "split_shards", "write_shards"]
+__all__ = [
+    "ShardDamage",
+    "ShardDataset",
+    "expand_urls",
+    "iter_tar_members",
+    "iter_tar_samples",
+    "safe_key",
+    "split_member_name",
+    "split_shards",
+    "write_shards",
+]

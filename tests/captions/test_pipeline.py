@@ -281,7 +281,7 @@ def test_resume_after_sigkill(tiny_model: Path, coco_jpegs, tmp_path: Path) -> N
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     assert [p.stem for p in (out / "_done").glob("*.json")] == ["in-000000"]
-    assert list(out.glob(".in-000001.tar.tmp-*")), "the killed unit's temporary file is left behind"
+    assert list(out.glob(".in-000001.tar.*.tmp")), "the killed unit's temporary file is left behind"
     first = (out / "in-000000.tar").stat().st_mtime_ns
     assert _cli(tiny_model, [pattern], out, "--template", "short", "--batch-size", "1", "--resume") == 0
     assert (out / "in-000000.tar").stat().st_mtime_ns == first  # the finished unit was not redone
