@@ -7,6 +7,8 @@ import json
 import os
 import sys
 
+from open_tips.commands import CommandError
+
 
 def _env_int(name: str, default: int) -> int:
     try:
@@ -139,8 +141,7 @@ def run(args: argparse.Namespace) -> int:
             model_name=args.model_name,
         )
     except (ValueError, FileNotFoundError) as err:
-        print(f"open-tips caption: error: {err}", file=sys.stderr)
-        return 2
+        raise CommandError(str(err)) from err
     brief = {
         k: summary[k]
         for k in (

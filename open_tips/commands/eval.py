@@ -8,6 +8,9 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
+
+from open_tips.commands import CommandError
 
 
 def _positive(text: str) -> int:
@@ -177,9 +180,8 @@ def _list_suites() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _fail(message: str, code: int = 2) -> int:
-    print(f"open-tips eval: {message}", file=sys.stderr)
-    return code
+def _fail(message: str, code: int = 2) -> NoReturn:
+    raise CommandError(message, code)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Iterator
 from pathlib import Path
+
+from open_tips.commands import CommandError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -56,8 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from open_tips.data.shards import write_shards
 
     if args.per_shard < 1:
-        print("error: --per-shard must be >= 1", file=sys.stderr)
-        return 2
+        raise CommandError("--per-shard must be >= 1")
     skipped = SkipCounter()
     if args.input.startswith("builtin:"):
         try:
@@ -65,8 +65,7 @@ def run(args: argparse.Namespace) -> int:
         except ValueError:
             count = 0
         if count < 1:
-            print(f"error: --input {args.input!r}: expected builtin:N with N >= 1", file=sys.stderr)
-            return 2
+            raise CommandError(f"--input {args.input!r}: expected builtin:N with N >= 1")
         samples = _builtin_samples(args, count)
     else:
         from open_tips.data.folder import FolderDataset
@@ -74,8 +73,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             dataset = FolderDataset(args.input, image_dir=args.image_dir)
         except (FileNotFoundError, ValueError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+            raise CommandError(str(err)) from err
         skipped.update(dataset.index_skipped)
         samples = _file_samples(dataset, skipped)
 
@@ -84,8 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if skipped:
         print(f"skipped: {dict(sorted(skipped.items()))}")
     if not written:
-        print("error: no sample could be written", file=sys.stderr)
-        return 1
+        raise CommandError(f"--input {args.input}: no sample could be written (see the skip counts above)", 1)
     print(f"wrote {len(written)} shards to {output}")
     last = Path(written[-1]).name[len(args.prefix) + 1 :][:6]
     print(f"train with: data.source='{output}/{args.prefix}-{{000000..{last}}}.tar'")
