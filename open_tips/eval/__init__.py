@@ -10,6 +10,7 @@ segmentation PNGs). Modules are imported on use; see docs/eval.md.
 
 def __getattr__(name: str):
     if name == "TASKS":  # the registered task names (open_tips.eval.registry.task_names)
+        # on first use: importing the package stays cheap, and the registry imports every task module
         from open_tips.eval.registry import task_names
 
         return task_names()

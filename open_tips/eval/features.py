@@ -29,6 +29,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
+from open_tips.data.decode import decode_image
+from open_tips.utils.atomic import atomic_write
+
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 2  # bump when the stored layout or the preprocessing changes
@@ -127,8 +130,6 @@ def to_pixels(image: Image.Image, size: int | tuple[int, int]) -> torch.Tensor:
 def load_image(item: ImageLike) -> Image.Image:
     if isinstance(item, Image.Image):
         return item
-    from open_tips.data.decode import decode_image
-
     return decode_image(Path(item).read_bytes())
 
 
@@ -177,8 +178,6 @@ def _load_cached(path: Path) -> dict | None:
 
 
 def _save(path: Path, tensors: dict) -> None:
-    from open_tips.formats.common import atomic_write
-
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: torch.save(tensors, tmp))
 

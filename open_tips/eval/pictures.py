@@ -17,9 +17,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from open_tips.eval.features import FeatureSet
+from open_tips.eval.features import FeatureSet, has_text
 from open_tips.eval.metrics import IGNORE
+from open_tips.eval.zeroshot_seg import zeroshot_seg_labels
 from open_tips.inference.dense import palette
+from open_tips.inference.zeroshot import TIPS_TEMPLATES, class_embeddings
 
 IGNORE_COLOUR = (255, 255, 255)
 
@@ -116,10 +118,6 @@ def write_report_pictures(
     """Writes ``pca.png`` and, when the model has text, ``features.value_tokens`` and ``masks`` / ``class_names``
     are given, ``zeroshot_seg.png`` (masks [N, H, W] indexing ``class_names``, class 0 = background). Shows
     the first ``len(images)`` items of ``features``. Returns the written paths."""
-    from open_tips.eval.features import has_text
-    from open_tips.eval.zeroshot_seg import zeroshot_seg_labels
-    from open_tips.inference.zeroshot import TIPS_TEMPLATES, class_embeddings
-
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []

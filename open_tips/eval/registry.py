@@ -73,6 +73,7 @@ def _load_all() -> None:
     if _LOADED:
         return
     _LOADED = True
+    # Here, not at the top: the task and suite modules import this registry to register themselves.
     from open_tips.eval import suites as suite_package
     from open_tips.eval import tasks as task_package
 

@@ -30,9 +30,12 @@ import torch
 
 from open_tips.eval.context import FEATURE_PREPROCESSING, Context
 from open_tips.eval.dataset import EvalData
+from open_tips.eval.features import extract_features, load_image, patch_aligned
 from open_tips.eval.options import EvalOptions, make_options
+from open_tips.eval.pictures import write_report_pictures
 from open_tips.eval.registry import EvalError, Suite, get_suite, get_task, suites, task_names
 from open_tips.eval.report import load_results, write_results
+from open_tips.eval.segmentation import resize_mask
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +198,6 @@ def evaluate(
     names, explicit = _plan(spec, tasks)
     from dataclasses import replace
 
-    from open_tips.eval.features import patch_aligned
-
     size = patch_aligned(options.image_size or model.cfg.image_size, model.vision.patch_size)
     options = replace(options, image_size=size)
     has_text = getattr(model, "text", None) is not None and getattr(model, "tokenizer", None) is not None
@@ -266,9 +267,6 @@ def evaluate(
 
 
 def _pictures(ctx: Context, output_dir: str | os.PathLike) -> None:
-    from open_tips.eval.features import extract_features, load_image
-    from open_tips.eval.pictures import write_report_pictures
-
     test = ctx.data.test
     count = min(ctx.options.num_pictures, len(test))
     if count == 0:
@@ -279,8 +277,6 @@ def _pictures(ctx: Context, output_dir: str | os.PathLike) -> None:
     )
     masks = names = None
     if test.masks is not None and ctx.data.seg_names and ctx.text:
-        from open_tips.eval.segmentation import resize_mask
-
         masks = torch.stack([resize_mask(test.masks[i], ctx.size) for i in range(count)])
         names = ctx.data.seg_names
     write_report_pictures(

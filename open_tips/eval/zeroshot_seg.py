@@ -16,10 +16,17 @@ Background, two ways:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from torchvision.transforms.v2 import functional as TF
+from tqdm import tqdm
 
 from open_tips.eval.metrics import IGNORE, confusion_matrix, segmentation_metrics
+from open_tips.inference.dense import patch_cosines, segment, sliding_window_probs
+from open_tips.inference.images import load_image_short_side, short_side_size
 from open_tips.inference.zeroshot import TIPS_TEMPLATES, class_embeddings
 
 
@@ -84,14 +91,7 @@ def zeroshot_segmentation(
 
 def _short_side_pixels(image, size: int) -> torch.Tensor:
     """The notebook's ShortSideResize on a PIL image or a path: short side at ``size``, PIL bicubic."""
-    from PIL import Image
-    from torchvision.transforms.v2 import functional as TF
-
-    from open_tips.inference.images import load_image_short_side, short_side_size
-
     if not isinstance(image, Image.Image):
-        from pathlib import Path
-
         return load_image_short_side(Path(image), size)[0]
     image = image.convert("RGB")
     height, width = short_side_size(image.width, image.height, size)
@@ -125,10 +125,6 @@ def zeroshot_segmentation_images(
     label maps indexing ``class_names`` (255 = ignore). ``classes``: unit embeddings of the prompted
     classes (all names for ``background="name"``, the object classes ``class_names[1:]`` otherwise);
     ``background`` as for ``zeroshot_segmentation``."""
-    from tqdm import tqdm
-
-    from open_tips.inference.dense import patch_cosines, segment, sliding_window_probs
-
     if background not in ("name", "threshold", "ignore"):
         raise ValueError(f"background must be 'name', 'threshold' or 'ignore', got {background!r}")
     window = window or size

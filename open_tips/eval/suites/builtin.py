@@ -5,6 +5,8 @@ depth / normals probes and zero-shot segmentation. CPU-cheap: ``open-tips train`
 
 from __future__ import annotations
 
+from open_tips.data import builtin
+from open_tips.data.builtin import SHAPE_CLASSES
 from open_tips.eval.dataset import EvalData, Split
 from open_tips.eval.features import dataset_fingerprint, patch_aligned
 from open_tips.eval.registry import Suite, register_suite
@@ -13,8 +15,6 @@ TASKS = ("knn", "linear", "zeroshot", "retrieval", "seg", "depth", "normals", "z
 
 
 def _split(seed: int, count: int, size: int, caption_noise: float) -> Split:
-    from open_tips.data import builtin
-
     data = builtin.BuiltinShapes(count, size, seed=seed, caption_noise=caption_noise, with_normals=True)
     samples = [data[i] for i in range(count)]
     return Split(
@@ -32,8 +32,6 @@ def _split(seed: int, count: int, size: int, caption_noise: float) -> Split:
 
 
 def load(root, options) -> EvalData:
-    from open_tips.data.builtin import SHAPE_CLASSES
-
     size = options.image_size or 112
     sample_size = options.sample_size or max(112, patch_aligned(size))
     o = options

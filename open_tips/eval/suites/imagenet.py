@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from open_tips.data.decode import IMAGE_EXTENSIONS
 from open_tips.eval.dataset import EvalData, Split, evenly_spaced
 from open_tips.eval.features import dataset_fingerprint
 from open_tips.eval.registry import Suite, register_suite
@@ -20,8 +21,6 @@ SYNSET_FILES = ("LOC_synset_mapping.txt", "synset_words.txt")
 
 
 def _extensions() -> set[str]:
-    from open_tips.data.decode import IMAGE_EXTENSIONS
-
     return {e.lower() for e in IMAGE_EXTENSIONS}
 
 
