@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -156,8 +157,28 @@ def _resume_config(run_dir: Path, args: argparse.Namespace, overrides: list[str]
     return config
 
 
-def _refuse_existing_run(run_dir: Path, overwrite: bool) -> None:
-    from open_tips.train.checkpoint import clear_run_outputs, run_outputs
+def _user_files(run_dir: Path, config) -> set[Path]:
+    """Inputs the config reads from inside the run directory (a tokenizer put there): never deleted."""
+    paths = {config.data.tokenizer, config.model.init_from}
+    return {Path(p).resolve() for p in paths if p and Path(p).resolve().parent == run_dir.resolve()}
+
+
+def _remove(run_dir: Path, names: list[str], keep: set[Path]) -> list[str]:
+    removed = []
+    for name in names:
+        path = run_dir / name
+        if path.resolve() in keep:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(name)
+    return removed
+
+
+def _refuse_existing_run(run_dir: Path, config, overwrite: bool) -> None:
+    from open_tips.train.checkpoint import run_outputs
 
     found = run_outputs(run_dir)
     if not found:
@@ -168,24 +189,27 @@ def _refuse_existing_run(run_dir: Path, overwrite: bool) -> None:
             "--overwrite to start over (deletes its checkpoints, metrics, logs and exports)"
         )
     if _is_main_rank():
-        removed = clear_run_outputs(run_dir)
+        names = run_outputs(run_dir, started_only=False)
+        removed = _remove(run_dir, names, _user_files(run_dir, config))
         print(f"--overwrite: removed {', '.join(removed)} from {run_dir}", file=sys.stderr)
 
 
-def _remove_failed_start(run_dir: Path, existed: bool) -> None:
+def _remove_failed_start(run_dir: Path, before: list[str] | None, config) -> None:
     """After a start that failed before its first step: remove what it wrote (config, tokenizer, empty
-    folders), so that the corrected command runs as if the first had not happened."""
-    from open_tips.train.checkpoint import clear_run_outputs, list_checkpoints
+    folders) and nothing that was there before, so that the corrected command runs as if the first had not
+    happened."""
+    from open_tips.train.checkpoint import list_checkpoints, run_outputs
 
     if not run_dir.is_dir() or (run_dir / "metrics.jsonl").exists():
         return
     if list_checkpoints(run_dir / "checkpoints"):
         return
-    clear_run_outputs(run_dir)
-    if not existed:
+    new = [name for name in run_outputs(run_dir, started_only=False) if name not in (before or [])]
+    _remove(run_dir, new, _user_files(run_dir, config))
+    if before is None:  # the directory is this start's own
         try:
             run_dir.rmdir()
-        except OSError:  # the user put something else there
+        except OSError:  # something else was put there meanwhile
             pass
 
 
@@ -211,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _check_inputs(config, args)
     if not args.resume:
-        _refuse_existing_run(run_dir, args.overwrite)
+        _refuse_existing_run(run_dir, config, args.overwrite)
 
     from open_tips.train.loop import train
 
@@ -219,13 +243,15 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if main_rank:
         print(config.to_yaml())
-    existed = run_dir.exists()
+    from open_tips.train.checkpoint import run_outputs
+
+    before = run_outputs(run_dir, started_only=False) if run_dir.exists() else None
     try:
         with stop_signals_interrupt():  # until the loop takes the signals over: stop the start-up cleanly
             summary = train(config, resume=args.resume)
     except BaseException:
         if main_rank and not args.resume:
-            _remove_failed_start(run_dir, existed)
+            _remove_failed_start(run_dir, before, config)
         raise
     if main_rank:
         print(json.dumps(summary, indent=2, default=str))

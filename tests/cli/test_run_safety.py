@@ -86,6 +86,14 @@ def test_failed_start_leaves_nothing_behind(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("open-tips train: error: ")
     assert "Traceback" not in proc.stderr
     assert not run_dir.exists()
+    # in a folder that was there before, only what the failed start wrote goes
+    run_dir.mkdir()
+    (run_dir / "notes.txt").write_text("mine")
+    (run_dir / "tokenizer.model").write_bytes(b"mine too")
+    proc = _cli("train", "--output-dir", str(run_dir), *FAST, f"data.source={tmp_path / 'no_such_folder'}")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in run_dir.iterdir()) == ["notes.txt", "tokenizer.model"]
+    assert (run_dir / "tokenizer.model").read_bytes() == b"mine too"
 
 
 def _wait_for_metrics(run_dir: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
