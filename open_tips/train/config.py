@@ -119,6 +119,12 @@ class TrainSection:
     max_nonfinite_steps: int = 5  # consecutive non-finite losses before the run stops
     collapse_patience: int = 5  # consecutive log steps with a uniform / collapsed teacher before a warning
     threads: int = 0  # torch.set_num_threads; 0 = leave as is
+    # Periodic in-training evaluation (eval_* keys in metrics.jsonl / TensorBoard / W&B); 0 = off.
+    eval_every: int = 0
+    # "builtin" (the built-in held-out split), validation WebDataset shards, or any path `open-tips eval` reads.
+    eval_source: str = "builtin"
+    eval_tasks: list[str] = field(default_factory=lambda: ["retrieval", "knn", "zeroshot"])
+    eval_max_images: int = 200  # images read from eval_source (half kNN memory, half queries with labels)
     # Device peak TFLOP/s for the logged mfu; 0 = the table in open_tips.train.flops (known GPUs; none on CPU).
     peak_tflops: float = 0.0
 
@@ -131,6 +137,28 @@ class DistributedSection:
 
 
 @dataclass
+class DistillSection:
+    """Feature distillation from a frozen teacher (open_tips.train.terms_distill)."""
+
+    teacher: str | None = None  # any path or hub id load_pretrained reads; None = off
+    cls_weight: float = 1.0  # both CLS tokens
+    patch_weight: float = 1.0
+    # > 0: the pooled text embeddings too (the teacher needs a text tower and the run's tokenizer)
+    text_weight: float = 0.0
+    loss: str = "cosine"  # cosine | smooth_l1
+    combine_with_tips: bool = True  # false: only feature distillation (+ contrastive, below)
+    contrastive: bool = True  # with combine_with_tips=false: keep the image-text contrastive term
+
+
+@dataclass
+class LoggingSection:
+    tensorboard: bool = True
+    wandb: bool = False  # Weights & Biases (pip install 'open_tips[wandb]'); WANDB_MODE=offline works offline
+    wandb_project: str = "open_tips"
+    wandb_name: str | None = None  # run name; None = the output directory's name
+
+
+@dataclass
 class TrainConfig:
     preset: str = "tiny"
     model: ModelSection = field(default_factory=ModelSection)
@@ -140,6 +168,8 @@ class TrainConfig:
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
     distributed: DistributedSection = field(default_factory=DistributedSection)
+    distill: DistillSection = field(default_factory=DistillSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -356,6 +386,7 @@ _CHOICES = {
     "train.precision": ("fp32", "bf16", "fp16"),
     "data.mask_kind": ("random", "block"),
     "distributed.strategy": ("auto", "none", "ddp", "fsdp"),
+    "distill.loss": ("cosine", "smooth_l1"),
 }
 
 
@@ -371,5 +402,11 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"data.mask_ratio must lie in [0, 1), got {config.data.mask_ratio}")
     if config.train.accum_steps < 1 or config.train.steps < 1:
         raise ValueError("train.steps and train.accum_steps must be >= 1")
-    if config.loss.distill and config.data.num_local == 0:
+    if config.train.eval_every < 0:
+        raise ValueError(f"train.eval_every must be >= 0, got {config.train.eval_every}")
+    if config.distill.teacher and not config.distill.combine_with_tips and not config.distill.contrastive:
+        if config.distill.cls_weight <= 0 and config.distill.patch_weight <= 0:
+            raise ValueError("distill: every term is off (set distill.cls_weight or distill.patch_weight > 0)")
+    only_features = bool(config.distill.teacher) and not config.distill.combine_with_tips
+    if config.loss.distill and config.data.num_local == 0 and not only_features:
         raise ValueError("loss.distill needs local crops: set data.num_local > 0 or loss.distill=false")

@@ -1,4 +1,9 @@
-"""Run logging: a JSON-lines metrics file, TensorBoard scalars and the final loss-curve picture."""
+"""Run logging: a JSON-lines metrics file, TensorBoard scalars, optionally Weights & Biases, and the final
+loss-curve picture.
+
+W&B (``logging.wandb=true``) is an optional dependency (``pip install 'open_tips[wandb]'``). ``WANDB_MODE=offline``
+(or ``disabled``) is read by wandb itself: offline runs are written under ``RUN_DIR/wandb`` and synced later with
+``wandb sync``. The W&B run id is kept in ``RUN_DIR/wandb_id.txt`` so that ``--resume`` continues the same run."""
 
 from __future__ import annotations
 
@@ -7,11 +12,48 @@ from pathlib import Path
 from typing import Any
 
 
+class WandbMissingError(ImportError):
+    pass
+
+
+def _start_wandb(run_dir: Path, project: str, name: str | None, config: dict | None):
+    try:
+        import wandb
+    except ImportError as err:
+        raise WandbMissingError(
+            "logging.wandb=true needs the wandb package: pip install 'open_tips[wandb]' "
+            "(or set logging.wandb=false)"
+        ) from err
+    id_path = run_dir / "wandb_id.txt"
+    run_id = id_path.read_text().strip() if id_path.is_file() else wandb.util.generate_id()
+    id_path.write_text(run_id + "\n")
+    return wandb.init(
+        project=project,
+        name=name or run_dir.resolve().name,
+        id=run_id,
+        resume="allow",  # the same id after --resume continues the run
+        dir=str(run_dir),
+        config=config,
+    )
+
+
 class MetricsLogger:
-    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        enabled: bool = True,
+        tensorboard: bool = True,
+        wandb: bool = False,
+        wandb_project: str = "open_tips",
+        wandb_name: str | None = None,
+        config: dict | None = None,
+    ) -> None:
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.writer = None
+        self.wandb_run = None
+        if enabled and wandb:  # first: a missing package fails before anything else starts
+            self.wandb_run = _start_wandb(run_dir, wandb_project, wandb_name, config)
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -41,10 +83,16 @@ class MetricsLogger:
             for key, value in values.items():
                 if isinstance(value, (int, float)):
                     self.writer.add_scalar(key, value, step)
+        if self.wandb_run is not None:
+            scalars = {k: v for k, v in values.items() if isinstance(v, (int, float))}
+            self.wandb_run.log(scalars, step=step)
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+            self.wandb_run = None
 
 
 def read_metrics(path: Path) -> list[dict]:

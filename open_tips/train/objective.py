@@ -29,6 +29,7 @@ from open_tips.train.terms import (
     StepViews,
     Term,
 )
+from open_tips.train.terms_distill import with_feature_distill
 
 
 class TIPSObjective(nn.Module):
@@ -118,6 +119,7 @@ class TIPSObjective(nn.Module):
                 tokens = text.forward_tokens(ids, padding)
                 views.text_tokens[kind] = tokens
                 views.text_padding[kind] = padding
+                views.text_ids[kind] = ids
                 views.text[kind] = text.pool(tokens, padding)
         return views
 
@@ -187,7 +189,7 @@ def build_terms(cfg: TrainConfig, model: TIPSModel) -> list[tuple[str, float, Te
         terms.append(("sparc", loss.sparc_weight, SparcTerm(loss.sparc_caption)))
     if loss.koleo_weight > 0:
         terms.append(("koleo", loss.koleo_weight, KoLeoTerm()))
-    return terms
+    return with_feature_distill(cfg, model, terms)  # distill.teacher: a frozen teacher's features
 
 
 def build_objective(cfg: TrainConfig, model: TIPSModel) -> TIPSObjective:

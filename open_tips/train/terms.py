@@ -42,6 +42,7 @@ class StepViews:
     text: dict[str, torch.Tensor] = field(default_factory=dict)  # caption kind -> pooled [B, D]
     text_tokens: dict[str, torch.Tensor] = field(default_factory=dict)  # caption kind -> [B, L, D]
     text_padding: dict[str, torch.Tensor] = field(default_factory=dict)  # caption kind -> [B, L] True = pad
+    text_ids: dict[str, torch.Tensor] = field(default_factory=dict)  # caption kind -> [B, L] token ids
 
 
 class Term(nn.Module):
