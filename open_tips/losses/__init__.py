@@ -1,6 +1,6 @@
 """Training losses, one module each."""
 
-from open_tips.losses.contrastive import DualContrastiveLoss, clip_loss, gather_with_grad, siglip_loss
+from open_tips.losses.contrastive import clip_loss, gather_with_grad, siglip_loss
 from open_tips.losses.dino import DINOLoss, sinkhorn_knopp
 from open_tips.losses.ibot import IBOTPatchLoss
 from open_tips.losses.koleo import koleo_loss
@@ -8,7 +8,6 @@ from open_tips.losses.sparc import sparc_alignment_weights, sparc_loss
 
 __all__ = [
     "DINOLoss",
-    "DualContrastiveLoss",
     "IBOTPatchLoss",
     "clip_loss",
     "gather_with_grad",

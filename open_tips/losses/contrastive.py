@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from open_tips.losses._dist import is_distributed, rank
 
@@ -100,42 +99,3 @@ def siglip_loss(
         signs = torch.full_like(logits, -1.0)
         signs[rows, rows + offset] = 1.0
         return -F.logsigmoid(signs * logits).sum() / image.shape[0]
-
-
-class DualContrastiveLoss(nn.Module):
-    """TIPS: mean of CLIP(CLS1, web caption) and CLIP(CLS2, synthetic caption) with one shared temperature
-    (a model parameter, passed in; so is the SigLIP bias)."""
-
-    def __init__(self, kind: str = "softmax", *, gather: bool = True, local_loss: bool = True) -> None:
-        super().__init__()
-        if kind not in ("softmax", "sigmoid"):
-            raise ValueError(f"kind must be softmax or sigmoid, got {kind!r}")
-        self.kind = kind
-        self.gather = gather
-        self.local_loss = local_loss
-
-    def _pair(
-        self,
-        image: torch.Tensor,
-        text: torch.Tensor,
-        temperature: torch.Tensor | float,
-        bias: torch.Tensor | float | None,
-    ) -> torch.Tensor:
-        if self.kind == "sigmoid":
-            if bias is None:
-                raise ValueError("the sigmoid loss needs a bias")
-            return siglip_loss(image, text, temperature, bias, gather=self.gather)
-        return clip_loss(image, text, temperature, gather=self.gather, local_loss=self.local_loss)
-
-    def forward(
-        self,
-        cls_web: torch.Tensor,
-        cls_synthetic: torch.Tensor,
-        web_text_emb: torch.Tensor,
-        synthetic_text_emb: torch.Tensor,
-        temperature: torch.Tensor | float,
-        bias: torch.Tensor | float | None = None,
-    ) -> dict[str, torch.Tensor]:
-        web = self._pair(cls_web, web_text_emb, temperature, bias)
-        synthetic = self._pair(cls_synthetic, synthetic_text_emb, temperature, bias)
-        return {"loss": 0.5 * (web + synthetic), "loss_web": web, "loss_synthetic": synthetic}

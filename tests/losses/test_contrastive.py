@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from open_tips.losses import DualContrastiveLoss, clip_loss, gather_with_grad, siglip_loss
+from open_tips.losses import clip_loss, gather_with_grad, siglip_loss
 from tests.losses import _reference as ref
 
 
@@ -101,39 +101,3 @@ def test_logits_stay_float32_under_bf16_autocast():
 def test_gather_with_grad_is_identity_without_distribution():
     x = torch.randn(3, 2, requires_grad=True)
     assert gather_with_grad(x) is x
-
-
-def test_dual_contrastive_is_the_mean_and_everything_gets_gradient():
-    torch.manual_seed(8)
-    web_img, syn_img, web_txt, syn_txt = (torch.randn(6, 8, requires_grad=True) for _ in range(4))
-    log_t = torch.tensor(math.log(0.1), requires_grad=True)
-    out = DualContrastiveLoss()(web_img, syn_img, web_txt, syn_txt, log_t.exp())
-    assert set(out) == {"loss", "loss_web", "loss_synthetic"}
-    assert out["loss_web"].item() == pytest.approx(
-        ref.clip(web_img.detach().numpy(), web_txt.detach().numpy(), 0.1), abs=1e-5
-    )
-    assert out["loss_synthetic"].item() == pytest.approx(
-        ref.clip(syn_img.detach().numpy(), syn_txt.detach().numpy(), 0.1), abs=1e-5
-    )
-    assert out["loss"].item() == pytest.approx(
-        0.5 * (out["loss_web"] + out["loss_synthetic"]).item(), abs=1e-7
-    )
-    out["loss"].backward()
-    assert log_t.grad is not None and log_t.grad.abs() > 0
-    assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in (web_img, syn_img, web_txt, syn_txt))
-
-
-def test_dual_contrastive_sigmoid_kind():
-    torch.manual_seed(9)
-    web_img, syn_img, web_txt, syn_txt = (torch.randn(4, 8) for _ in range(4))
-    loss = DualContrastiveLoss(kind="sigmoid")
-    out = loss(web_img, syn_img, web_txt, syn_txt, 0.1, torch.tensor([-2.0]))
-    expected = 0.5 * (
-        ref.siglip(web_img.numpy(), web_txt.numpy(), 0.1, -2.0)
-        + ref.siglip(syn_img.numpy(), syn_txt.numpy(), 0.1, -2.0)
-    )
-    assert out["loss"].item() == pytest.approx(expected, abs=1e-5)
-    with pytest.raises(ValueError, match="bias"):
-        loss(web_img, syn_img, web_txt, syn_txt, 0.1)
-    with pytest.raises(ValueError):
-        DualContrastiveLoss(kind="hinge")
