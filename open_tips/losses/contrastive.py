@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from open_tips.losses._dist import is_distributed, rank
+from open_tips.losses.distributed import is_distributed, rank
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:

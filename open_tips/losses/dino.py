@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from open_tips.losses._dist import all_reduce_
+from open_tips.losses.distributed import all_reduce_
 
 
 @torch.no_grad()

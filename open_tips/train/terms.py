@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from open_tips.losses._dist import is_distributed
 from open_tips.losses.contrastive import clip_loss, siglip_loss
 from open_tips.losses.dino import DINOLoss, sinkhorn_knopp
+from open_tips.losses.distributed import is_distributed
 from open_tips.losses.ibot import IBOTPatchLoss
 from open_tips.losses.koleo import koleo_loss
 from open_tips.losses.monitor import distribution_stats

@@ -1,4 +1,4 @@
-"""Small torch.distributed helpers shared by the losses (all no-ops when not distributed)."""
+"""Small torch.distributed helpers for the losses and the terms that call them (all no-ops when not distributed)."""
 
 from __future__ import annotations
 
