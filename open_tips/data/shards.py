@@ -113,8 +113,9 @@ def write_shards(
     A sample has ``image`` (PIL image, uint8 array, or already-encoded bytes with ``image_ext``), ``web_caption``,
     ``synthetic_captions``, optional ``__key__``; other JSON-able fields go into the ``.json`` member too
     (``__``-prefixed and non-JSON-able ones, such as ground-truth arrays, are left out). Each shard is written
-    under a ``.tmp`` name and published (open_tips.utils.atomic: fsync, rename, directory fsync) when complete, so a crash never leaves a truncated shard under a real
-    name (why webdataset's TarWriter is used here rather than its ShardWriter)."""
+    under a ``.tmp`` name and published when complete (open_tips.utils.atomic: fsync, rename, directory
+    fsync), so a crash never leaves a truncated shard under a real name (why webdataset's TarWriter is used
+    here rather than its ShardWriter)."""
     if max_per_shard < 1:
         raise ValueError(f"max_per_shard must be >= 1, got {max_per_shard}")
     Path(output_pattern % 0).parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,8 @@
 """Training checkpoints: written atomically, found newest-complete-first, loaded with ``weights_only``.
 
 A checkpoint is ``checkpoints/step_{step:08d}.pt``. It is written by open_tips.utils.atomic: to a hidden
-temporary file in the same directory, fsynced, renamed, directory fsynced, so a kill or a full disk mid-write leaves the previous checkpoints intact
-and no partial file under a checkpoint name; temporary files a kill leaves behind are removed by
+temporary file in the same directory, fsynced, renamed, directory fsynced, so a kill or a full disk
+mid-write leaves the previous checkpoints intact and no partial file under a checkpoint name; temporary files a kill leaves behind are removed by
 ``clean_stale_temporaries`` when the next run starts. Written files get the permissions the user's umask
 gives (not the 0600 of a bare temporary file).
 
