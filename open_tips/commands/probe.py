@@ -38,10 +38,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fit.add_argument("--coco", default=None, help="COCO instances JSON instead of --targets (seg / fg)")
     fit.add_argument("--classes", default=None, help="comma-separated class names (seg)")
     fit.add_argument("--output", required=True, help="probe file (.safetensors)")
-    fit.add_argument("--layers", default=None, help="comma-separated block indices (default: the last)")
+    fit.add_argument(
+        "--head",
+        choices=("linear", "dpt"),
+        default="linear",
+        help="linear: 1x1 convolution on standardised patch tokens (eval's probe); dpt: a DPT decoder as "
+        "released (four blocks, CLS readout), trained from scratch; its file also runs in `open-tips dense`",
+    )
+    fit.add_argument(
+        "--layers",
+        default=None,
+        help="comma-separated block indices (default: the last; --head dpt: four, the released ones)",
+    )
+    fit.add_argument(
+        "--dpt-channels", type=int, default=256, help="--head dpt: fusion channels (default 256)"
+    )
     fit.add_argument("--with-cls", action=argparse.BooleanOptionalAction, default=None)
     fit.add_argument("--epochs", type=int, default=30)
-    fit.add_argument("--lr", type=float, default=5e-2)
+    fit.add_argument("--lr", type=float, default=None, help="default 5e-2 (linear), 1e-3 (dpt)")
     fit.add_argument("--val-fraction", type=float, default=0.0, help="hold out this share and report metrics")
     fit.add_argument("--cache-dir", default=None, help="cache the extracted features here")
     add_model_args(fit, batch_size=16)
@@ -260,6 +274,9 @@ def run_fit(args: argparse.Namespace) -> int:
     paths = input_images(args.images)
     model, device, image_size = load_model(args)
     size = patch_aligned(image_size, model.vision.patch_size)
+    if args.head == "dpt":
+        return _fit_dpt(args, model, device, paths, size)
+    args.lr = 5e-2 if args.lr is None else args.lr
     layers = _parse_layers(args.layers, model.vision.cfg.depth)
     with_cls = args.with_cls if args.with_cls is not None else args.task in ("depth", "normals")
     kept, targets, names = _read_targets(args, paths, size)
@@ -310,6 +327,75 @@ def run_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seg_names(args, targets, names):
+    """Class names of a seg / fg probe: --classes, else ``class i`` up to the largest label."""
+    if args.task != "seg":
+        return names
+    valid = targets[targets != 255]
+    count = int(valid.max()) + 1 if valid.numel() else 1
+    if names is not None and len(names) < count:
+        fail(f"--classes names {len(names)} classes but the targets hold labels up to {count - 1}")
+    return names or [f"class {i}" for i in range(count)]
+
+
+def _fit_dpt(args, model, device, paths, size) -> int:
+    """``probe fit --head dpt``: a DPT decoder on the cached outputs of four blocks."""
+    import torch
+
+    from open_tips.eval.features import load_image, to_pixels
+    from open_tips.inference.dense_heads import backbone_identity
+    from open_tips.inference.dpt_probe import block_tokens, fit_dpt_probe, predict_dpt_probe, save_dpt_probe
+    from open_tips.models.dpt import default_layers
+
+    depth = model.vision.cfg.depth
+    layers = _parse_layers(args.layers, depth) if args.layers else list(default_layers(depth))
+    if len(layers) != 4:
+        fail(f"--layers {args.layers}: a DPT head reads exactly four blocks")
+    if args.dpt_channels < 1:
+        fail(f"--dpt-channels must be positive, got {args.dpt_channels}")
+    kept, targets, names = _read_targets(args, paths, size)
+    names = _seg_names(args, targets, names)
+    pixels = torch.stack([to_pixels(load_image(p), size) for p in kept])
+    cls, patches = block_tokens(model, pixels, layers)
+    held = int(round(len(kept) * args.val_fraction)) if args.val_fraction > 0 else 0
+    train = slice(0, len(kept) - held)
+    decoder, history = fit_dpt_probe(
+        cls[train],
+        patches[train],
+        targets[train],
+        "segmentation" if args.task in ("seg", "fg") else args.task,
+        layers,
+        num_classes=len(names) if names else None,
+        class_names=names,
+        channels=args.dpt_channels,
+        epochs=args.epochs,
+        lr=1e-3 if args.lr is None else args.lr,
+        device=device,
+    )
+    meta = {
+        "task": args.task,
+        "head": "dpt",
+        "classes": names,
+        "image_size": size,
+        "layers": layers,
+        "images": len(kept) - held,
+        "train_loss": history,
+    }
+    save_dpt_probe(args.output, decoder, backbone_identity(model), meta)
+    print(
+        f"fitted a {args.task} DPT probe on {len(kept) - held} images (blocks {layers}; training loss "
+        f"{history[0]:.4f} -> {history[-1]:.4f}) -> {args.output}"
+    )
+    if held:
+        test_y = targets[len(kept) - held :]
+        prediction = predict_dpt_probe(
+            decoder, cls[len(kept) - held :], patches[len(kept) - held :], (size, size)
+        )
+        result = metrics(args.task, prediction, test_y, len(names or []))
+        print(f"held-out ({held} images): " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+    return 0
+
+
 def run_apply(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
@@ -324,13 +410,19 @@ def run_apply(args: argparse.Namespace) -> int:
         normals_rgb,
         summary_picture,
     )
+    from open_tips.inference.dpt_probe import is_dpt_file, load_dpt_probe
     from open_tips.inference.images import read_image
     from open_tips.inference.options import load_model
 
     paths = input_images(args.inputs)
+    dpt = is_dpt_file(args.probe)
     try:
-        probe, meta = load_probe(args.probe)
-    except open_tips.CheckpointError as err:
+        if dpt:
+            probe, backbone, meta = load_dpt_probe(args.probe)
+            meta = {"image_size": probe_size(meta), **meta, "backbone": backbone}
+        else:
+            probe, meta = load_probe(args.probe)
+    except (open_tips.CheckpointError, ValueError) as err:
         fail(str(err))
     model, device, _ = load_model(args)
     mine = backbone_identity(model)
@@ -356,10 +448,13 @@ def run_apply(args: argparse.Namespace) -> int:
         except Exception as err:  # SkipSample for undecodable bytes
             print(f"skipping {path}: {err}")
             continue
-        features = _features(model, [path], meta["image_size"], meta["layers"], meta["with_cls"], device)
         size = (image.height, image.width)
-        with torch.inference_mode():
-            out = decode(task, probe(features.to(device), size), centres)[0].cpu()
+        if dpt:
+            out = _apply_dpt(model, probe, path, meta["image_size"], size)
+        else:
+            features = _features(model, [path], meta["image_size"], meta["layers"], meta["with_cls"], device)
+            with torch.inference_mode():
+                out = decode(task, probe(features.to(device), size), centres)[0].cpu()
         stem = output_stem(path, args.output_dir, used)
         if task in ("seg", "fg"):
             labels = out.numpy()
@@ -378,3 +473,18 @@ def run_apply(args: argparse.Namespace) -> int:
         summary_picture(image, arrays, meta.get("classes")).save(f"{stem}_probe.png")
         print(f"{path} -> {Path(stem).name}_*")
     return 0
+
+
+def probe_size(meta: dict) -> int:
+    """The square side a probe was fitted at (a DPT head file written by `open-tips dense` tools has none:
+    the released heads' 448)."""
+    return int(meta.get("image_size") or 448)
+
+
+def _apply_dpt(model, decoder, path, image_size: int, size: tuple[int, int]):
+    from open_tips.eval.features import load_image, to_pixels
+    from open_tips.inference.dpt_probe import block_tokens, predict_dpt_probe
+
+    pixels = to_pixels(load_image(path), image_size)[None]
+    cls, patches = block_tokens(model, pixels, decoder.layers)
+    return predict_dpt_probe(decoder, cls, patches, size)[0]
