@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def parse_towers(text: str | None, has_text: bool) -> list[str]:
-    from open_tips.inference.export import TOWERS
+    from open_tips.inference.export import TOWERS  # on use: `open-tips --help` does not load torch
 
     if text is None:
         return ["vision", "text"] if has_text else ["vision"]
@@ -59,7 +59,7 @@ def parse_towers(text: str | None, has_text: bool) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from open_tips.inference import export
+    from open_tips.inference import export  # on use, as above
 
     output = Path(args.output)
     if output.exists() and not output.is_dir():

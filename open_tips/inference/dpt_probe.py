@@ -15,11 +15,16 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from tqdm import tqdm
 
+from open_tips.formats.common import CheckpointError
+from open_tips.formats.dpt import OWN_FORMAT, read_dense_heads_file
 from open_tips.models.dpt import DPTConfig, DPTDecoder, canonical_task
+from open_tips.utils.atomic import atomic_write
 
-IGNORE = 255
+IGNORE = 255  # unlabelled pixels, as open_tips.eval.metrics.IGNORE (eval sits above this layer)
 
 
 @torch.no_grad()
@@ -146,11 +151,6 @@ def predict_dpt_probe(
 def save_dpt_probe(path: str | os.PathLike, decoder: DPTDecoder, backbone: dict, probe: dict) -> None:
     """An open_tips dense-heads file (``open_tips.formats.dpt.save_dense_heads``) that also records the
     probe's settings (task as fitted, image size, images) under the ``probe`` metadata key."""
-    from safetensors.torch import save_file
-
-    from open_tips.formats.dpt import OWN_FORMAT
-    from open_tips.utils.atomic import atomic_write
-
     state = {
         f"{decoder.task}.{k}": v.detach().float().cpu().contiguous() for k, v in decoder.state_dict().items()
     }
@@ -165,11 +165,6 @@ def save_dpt_probe(path: str | os.PathLike, decoder: DPTDecoder, backbone: dict,
 
 def load_dpt_probe(path: str | os.PathLike) -> tuple[DPTDecoder, dict, dict]:
     """(decoder in eval mode, backbone identity, probe settings) from :func:`save_dpt_probe`'s file."""
-    from safetensors import safe_open
-
-    from open_tips.formats.common import CheckpointError
-    from open_tips.formats.dpt import read_dense_heads_file
-
     decoders, backbone = read_dense_heads_file(path)
     with safe_open(str(path), framework="pt") as handle:
         probe = json.loads((handle.metadata() or {}).get("probe") or "{}")
@@ -181,9 +176,6 @@ def load_dpt_probe(path: str | os.PathLike) -> tuple[DPTDecoder, dict, dict]:
 
 def is_dpt_file(path: str | os.PathLike) -> bool:
     """Whether ``path`` is an open_tips dense-heads (DPT) safetensors file."""
-    from safetensors import SafetensorError, safe_open
-
-    from open_tips.formats.dpt import OWN_FORMAT
 
     try:
         with safe_open(str(path), framework="pt") as handle:
