@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 import open_tips.data.shards as shards
-from open_tips.data.tokenizer import Tokenizer
+from open_tips.models.tokenizer import Tokenizer
 from open_tips.train.config import load_config
 from open_tips.train.loop import train
 from tests import COCO_MINI

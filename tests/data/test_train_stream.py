@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from open_tips.data.builtin import BuiltinShapes
 from open_tips.data.shards import ShardDataset, write_shards
-from open_tips.data.tokenizer import Tokenizer
+from open_tips.models.tokenizer import Tokenizer
 from open_tips.train.config import load_config
 from open_tips.train.data import ShardEpochBatches, _batch_builder
 from open_tips.train.loop import train

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from open_tips.data.tokenizer import Tokenizer
+from open_tips.data import tokenizer as data_tokenizer
+from open_tips.models.tokenizer import Tokenizer, find_tokenizer
 
 CORPUS = [
     "a red circle in the top left of the image",
@@ -44,3 +45,13 @@ def test_bad_model_file(tmp_path):
     bad.write_bytes(b"garbage")
     with pytest.raises(ValueError, match="bad.model"):
         Tokenizer(bad)
+
+
+def test_found_beside_the_weights_and_still_importable_from_data(tokenizer, tmp_path):
+    assert data_tokenizer.Tokenizer is Tokenizer  # the old import path is the same class, not a copy
+    (tmp_path / "run" / "final").mkdir(parents=True)
+    assert find_tokenizer(tmp_path / "run" / "final", tmp_path / "run") is None
+    (tmp_path / "run" / "tokenizer.model").write_bytes(tokenizer.model_path.read_bytes())
+    assert (
+        find_tokenizer(tmp_path / "run" / "final", tmp_path / "run") == tmp_path / "run" / "tokenizer.model"
+    )
