@@ -128,6 +128,18 @@ def test_device_cuda_without_gpu_stops_before_anything_is_written(checkpoint, tm
     line = _one_error_line(_cli("train", "--output-dir", str(run_dir), "--device", "gpu"), "train")
     assert "--device gpu: not a device; use cpu, cuda, cuda:N or mps" in line
     assert not run_dir.exists()
+    # the same single check for every command, before its outputs exist
+    captions = tmp_path / "captions"
+    line = _one_error_line(
+        _cli("caption", "--model", "m", "--input", str(image), "--output", str(captions), "--device", "cuda"),
+        "caption",
+    )
+    assert "--device cuda: no CUDA GPU" in line and not captions.exists()
+    results = tmp_path / "eval"
+    line = _one_error_line(
+        _cli("eval", "--checkpoint", str(checkpoint), "--output", str(results), "--device", "cuda:1"), "eval"
+    )
+    assert "--device cuda:1: no CUDA GPU" in line and not results.exists()
 
 
 def test_wrong_config_names_both_shapes_briefly(checkpoint, tmp_path):
