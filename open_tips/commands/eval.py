@@ -80,6 +80,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--workers", type=int, default=0, help="image-decoding processes for datasets on disk"
     )
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast for feature extraction on CUDA")
+    parser.add_argument(
+        "--dtype",
+        choices=("bf16", "fp16", "fp32"),
+        default="fp32",
+        help="weights and activations of the tower in this type (features are kept as float32; default fp32)",
+    )
+    parser.add_argument("--compile", action="store_true", help="torch.compile the towers")
     parser.add_argument("--cache-dir", default=None, help="feature cache (default: OUTPUT/cache)")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write cached features")
     parser.add_argument("--no-pictures", action="store_true", help="skip pca.png / zeroshot_seg.png")
@@ -224,6 +231,11 @@ def run(args: argparse.Namespace) -> int:
         )
     except (FileNotFoundError, KeyError, ValueError, open_tips.CheckpointError) as err:
         return _fail(str(err).strip(chr(39)))
+    from open_tips.inference.options import prepare_for_inference  # on use, as the imports above
+
+    prepare_for_inference(model, args.dtype, args.compile)
+    # reduced precision gives other features: its own cache entries (fp32 keys stay as they were)
+    precision = () if args.dtype == "fp32" else (args.dtype,)
     output = Path(args.output)
     options = EvalOptions(
         image_size=args.image_size,
@@ -234,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=None
         if args.no_cache
         else str(Path(args.cache_dir) if args.cache_dir else output / "cache"),
-        model_key=model_fingerprint(args.checkpoint, args.config, args.tokenizer),
+        model_key=model_fingerprint(args.checkpoint, args.config, args.tokenizer, *precision),
         checkpoint=str(args.checkpoint),
         config=args.config,
         num_train=args.num_train,

@@ -104,3 +104,34 @@ def test_compile_inductor_bf16(checkpoint, images, tmp_path, fp32):
     assert (got["metadata"]["dtype"], got["metadata"]["compile"]) == ("bf16", "true")
     for key in KEYS:
         assert relative(got[key], fp32[key]) <= TOLERANCE["bf16"], key
+
+
+def test_eval_bf16_keeps_its_own_cache_and_identity(checkpoint, tmp_path):
+    """`open-tips eval --dtype bf16`: every task runs on the cast tower; its features get their own cache
+    entries (not the fp32 ones) and results.json tells the two models apart (weights digest)."""
+    out, cache = tmp_path / "eval", tmp_path / "cache"
+    base = [
+        "eval",
+        "--checkpoint",
+        str(checkpoint),
+        "--config",
+        "tiny",
+        "--device",
+        "cpu",
+        "--image-size",
+        "56",
+    ]
+    base += ["--num-train", "16", "--num-test", "8", "--tasks", "knn,seg", "--probe-epochs", "2"]
+    base += ["--no-pictures", "--cache-dir", str(cache)]
+    results = {}
+    for dtype in ("fp32", "bf16"):
+        assert main([*base, "--output", str(out / dtype), "--dtype", dtype]) == 0
+        results[dtype] = json.loads((out / dtype / "results.json").read_text())
+        if dtype == "fp32":
+            fp32_entries = set(cache.rglob("*"))
+            assert fp32_entries  # features were cached
+    assert set(cache.rglob("*")) > fp32_entries  # bf16 wrote new entries instead of reading fp32's
+    assert results["bf16"]["model"]["weights"] != results["fp32"]["model"]["weights"]
+    assert results["bf16"]["model"]["fingerprint"] != results["fp32"]["model"]["fingerprint"]
+    for task, metric in (("knn", "top5"), ("seg", "pixel_accuracy")):
+        assert abs(results["bf16"]["tasks"][task][metric] - results["fp32"]["tasks"][task][metric]) <= 0.25
