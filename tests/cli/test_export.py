@@ -135,3 +135,20 @@ def test_check_failure_exits_1(checkpoint, tmp_path, capsys, monkeypatch):
     manifest = json.loads((tmp_path / "x" / "export.json").read_text())
     assert manifest["towers"]["text"]["max_relative_error"] == 3e-3
     assert manifest["tokenizer"] == "tokenizer.model" and manifest["max_len"] == 32
+
+
+def test_swiglu_vision_onnx_api(tmp_path):
+    """The g/14 MLP (SwiGLU, packed w12) through the API: export_onnx + verify_onnx at two sizes."""
+    from open_tips.inference.export import check_inputs, export_onnx, verify_onnx
+    from open_tips.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("tiny-swiglu").eval()
+    with torch.no_grad():  # away from the near-identity init, so that every weight shows in the outputs
+        for param in model.vision.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    path = export_onnx(model, "vision", tmp_path / "vision.onnx")
+    assert len(check_inputs(model, "vision")) == 2
+    assert verify_onnx(model, "vision", path) <= TOLERANCE
+    with pytest.raises(ValueError, match="tower must be one of"):
+        export_onnx(model, "audio", tmp_path / "x.onnx")
