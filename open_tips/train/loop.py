@@ -148,7 +148,17 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
 
     compiled = torch.compile(wrapped) if cfg.model.compile else wrapped
 
-    metrics = MetricsLogger(run_dir, enabled=ctx.is_main)
+    metrics = MetricsLogger(
+        run_dir,
+        enabled=ctx.is_main,
+        tensorboard=cfg.logging.tensorboard,
+        wandb=cfg.logging.wandb,
+        wandb_project=cfg.logging.wandb_project,
+        wandb_name=cfg.logging.wandb_name,
+        config=cfg.to_dict(),
+    )
+    periodic = _periodic_eval(cfg, ctx, device)
+    last_eval: dict[str, float] = {}
     metrics.truncate_after(start_step)
     total_steps = cfg.train.steps
     end_step = (
@@ -325,6 +335,9 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
                 refresh=False,
             )
         progress.update(1)
+        if periodic is not None and (step + 1) % cfg.train.eval_every == 0:
+            last_eval = periodic(model)  # rank 0 only, on the unwrapped model: no collectives
+            metrics.log(step, last_eval)
         if (step + 1) % cfg.train.save_every == 0 and step + 1 < end_step:
             save(step + 1)
         if stopper.requested(ctx):
@@ -347,6 +360,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
         "interrupted": stop_signal,
         "checkpoint": str(checkpoint_path(ckpt_dir, final_step)),
         "collapse_warnings": collapse_warnings,
+        "last_periodic_eval": last_eval,
     }
     if final_step >= total_steps and ctx.is_main:
         export_dir = run_dir / "final"
@@ -390,6 +404,27 @@ def _total_skips(by_worker: dict[str, dict[str, int]], ctx) -> dict[str, int]:
         for reason, count in counts.items():
             totals[reason] = totals.get(reason, 0) + int(count)
     return totals
+
+
+def _periodic_eval(cfg: TrainConfig, ctx, device: torch.device):
+    """The in-training evaluator (``train.eval_every``) on the main process, or None."""
+    if not cfg.train.eval_every:
+        return None
+    if ctx.enabled and cfg.distributed.strategy == "fsdp":
+        # FSDP2 shards the weights: a forward on one rank alone would wait for the others forever.
+        raise ValueError("train.eval_every is not supported with distributed.strategy=fsdp (use ddp)")
+    if not ctx.is_main:
+        return None
+    from open_tips.train.periodic_eval import PeriodicEval
+
+    return PeriodicEval(
+        cfg.train.eval_source,
+        cfg.train.eval_tasks,
+        image_size=cfg.data.global_size,
+        device=device,
+        seed=cfg.train.seed,
+        max_images=cfg.train.eval_max_images,
+    )
 
 
 def _evaluate(model: TIPSModel, run_dir: Path, cfg: TrainConfig, device: torch.device) -> dict | None:

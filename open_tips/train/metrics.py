@@ -8,6 +8,7 @@ W&B (``logging.wandb=true``) is an optional dependency (``pip install 'open_tips
 from __future__ import annotations
 
 import json
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ def _start_wandb(run_dir: Path, project: str, name: str | None, config: dict | N
             "(or set logging.wandb=false)"
         ) from err
     id_path = run_dir / "wandb_id.txt"
-    run_id = id_path.read_text().strip() if id_path.is_file() else wandb.util.generate_id()
+    # Our own id (W&B accepts [a-z0-9]): wandb's id helpers have moved between releases.
+    run_id = id_path.read_text().strip() if id_path.is_file() else secrets.token_hex(4)
     id_path.write_text(run_id + "\n")
     return wandb.init(
         project=project,
