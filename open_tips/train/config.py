@@ -405,8 +405,9 @@ def validate(config: TrainConfig) -> None:
     if config.train.eval_every < 0:
         raise ValueError(f"train.eval_every must be >= 0, got {config.train.eval_every}")
     if config.distill.teacher and not config.distill.combine_with_tips and not config.distill.contrastive:
-        if config.distill.cls_weight <= 0 and config.distill.patch_weight <= 0:
-            raise ValueError("distill: every term is off (set distill.cls_weight or distill.patch_weight > 0)")
+        weights = (config.distill.cls_weight, config.distill.patch_weight, config.distill.text_weight)
+        if max(weights) <= 0:
+            raise ValueError("distill: every term is off (set distill.cls/patch/text_weight > 0)")
     only_features = bool(config.distill.teacher) and not config.distill.combine_with_tips
     if config.loss.distill and config.data.num_local == 0 and not only_features:
         raise ValueError("loss.distill needs local crops: set data.num_local > 0 or loss.distill=false")
