@@ -18,6 +18,23 @@ import yaml
 
 
 @dataclass
+class TrainableSection:
+    # Per tower: "full" | "frozen" | "last:K" (last K blocks + final norm) | "lora" (model.lora adapters)
+    vision: str = "full"
+    text: str = "full"
+
+
+@dataclass
+class LoraSection:
+    rank: int = 8
+    alpha: float = 16.0  # the update is scaled by alpha / rank
+    dropout: float = 0.0
+    # Projections of every block: qkv (vision attn.qkv, text attn.in_proj), proj (attention output),
+    # fc1 / fc2 (first / second MLP projection: fc1/fc2, w12/w3 or c_fc/c_proj).
+    targets: list[str] = field(default_factory=lambda: ["qkv", "proj", "fc1", "fc2"])
+
+
+@dataclass
 class ModelSection:
     name: str = "tiny"  # registry name of the architecture
     init_from: str | None = None  # any checkpoint load_pretrained accepts: continued pretraining
@@ -25,6 +42,8 @@ class ModelSection:
     compile: bool = False
     drop_path_rate: float = 0.0
     layerscale_init: float = 1.0
+    trainable: TrainableSection = field(default_factory=TrainableSection)
+    lora: LoraSection = field(default_factory=LoraSection)
 
 
 @dataclass
@@ -69,10 +88,15 @@ class LossSection:
     head_hidden_dim: int = 256
     head_bottleneck_dim: int = 64
     head_layers: int = 3
+    # Batch norm after the head's hidden layers (DINO's use_bn_in_head): without it the teacher stays uniform
+    # because CLS tokens of different images start nearly parallel (docs/training.md).
+    head_norm: str = "batch"  # "batch" | "none"
     student_temp: float = 0.1
     teacher_temp: float = 0.07
     warmup_teacher_temp: float = 0.04
-    teacher_temp_warmup_steps: int = 100
+    # Teacher-temperature warm-up as a fraction of train.steps (DINOv2: 30 of 100 epochs); steps override it.
+    teacher_temp_warmup_fraction: float = 0.3
+    teacher_temp_warmup_steps: int | None = None
     center_momentum: float = 0.9
     # Fraction of train.steps over which the distill and mask weights ramp up from 0 (0 = full from the start).
     ssl_weight_warmup: float = 0.0
@@ -94,7 +118,8 @@ class TeacherSection:
 class OptimSection:
     lr: float = 1e-3
     min_lr: float = 1e-5
-    warmup_steps: int = 50
+    warmup_fraction: float = 0.05  # lr warm-up as a fraction of train.steps; warmup_steps overrides it
+    warmup_steps: int | None = None
     weight_decay: float = 0.04
     weight_decay_end: float = 0.2
     betas: tuple[float, float] = (0.9, 0.98)
@@ -102,6 +127,9 @@ class OptimSection:
     patch_embed_lr_mult: float = 0.2
     head_lr_mult: float = 1.0  # DINO/iBOT projection heads
     freeze_last_layer_steps: int = 0
+    # Layer-wise lr decay (BEiT / DINOv2 fine-tuning): block i of a depth-D tower gets lr x decay^(D - i),
+    # its embeddings decay^(D + 1); final norms, heads and the temperature keep the full lr. 1.0 = off.
+    layer_decay: float = 1.0
 
 
 @dataclass
@@ -119,14 +147,19 @@ class TrainSection:
     max_nonfinite_steps: int = 5  # consecutive non-finite losses before the run stops
     collapse_patience: int = 5  # consecutive log steps with a uniform / collapsed teacher before a warning
     threads: int = 0  # torch.set_num_threads; 0 = leave as is
+    # Device peak TFLOP/s for the logged mfu; 0 = the table in open_tips.train.flops (known GPUs; none on CPU).
+    peak_tflops: float = 0.0
+    # full: one .pt gathered on rank 0 (small runs); sharded: torch.distributed.checkpoint, one file per rank.
+    checkpoint_format: str = "full"
+    # Continued pretraining: for the first N steps only the DINO/iBOT heads (and centres) learn, both towers
+    # and the temperature are held; then the teacher heads are copied from the student heads.
+    head_warmup_steps: int = 0
     # Periodic in-training evaluation (eval_* keys in metrics.jsonl / TensorBoard / W&B); 0 = off.
     eval_every: int = 0
     # "builtin" (the built-in held-out split), validation WebDataset shards, or any path `open-tips eval` reads.
     eval_source: str = "builtin"
     eval_tasks: list[str] = field(default_factory=lambda: ["retrieval", "knn", "zeroshot"])
     eval_max_images: int = 200  # images read from eval_source (half kNN memory, half queries with labels)
-    # Device peak TFLOP/s for the logged mfu; 0 = the table in open_tips.train.flops (known GPUs; none on CPU).
-    peak_tflops: float = 0.0
 
 
 @dataclass
@@ -220,13 +253,24 @@ PRESETS: dict[str, dict[str, Any]] = {
         "loss.head_hidden_dim": 2048,
         "loss.head_bottleneck_dim": 256,
         "optim.lr": 5e-4,
-        "optim.warmup_steps": 1000,
+        "optim.warmup_fraction": 1 / 90,  # 1000 of 90000 steps
         "train.steps": 90000,
         "train.precision": "bf16",
         "train.output_dir": "runs/b14",
         "train.save_every": 1000,
     },
     "b14-tipsv2": {"preset": "b14", "teacher.kind": "head_ema", "loss.ibot_all_tokens": True},
+    # Continued pretraining / fine-tuning from model.init_from (docs/training.md): a low lr with layer-wise
+    # decay, and the SSL heads warmed up on the frozen backbone before it moves.
+    "finetune": {
+        "optim.lr": 1e-4,
+        "optim.min_lr": 1e-6,
+        "optim.warmup_steps": 100,
+        "optim.layer_decay": 0.75,
+        "optim.head_lr_mult": 10.0,
+        "train.head_warmup_steps": 100,
+        "train.output_dir": "runs/finetune",
+    },
 }
 
 
@@ -382,8 +426,10 @@ _CHOICES = {
     "loss.distill_cls": ("web", "synthetic", "both"),
     "loss.sparc_caption": ("synthetic", "web"),
     "loss.centering": ("center", "sinkhorn", "none"),
+    "loss.head_norm": ("batch", "none"),
     "teacher.kind": ("full_ema", "head_ema"),
     "train.precision": ("fp32", "bf16", "fp16"),
+    "train.checkpoint_format": ("full", "sharded"),
     "data.mask_kind": ("random", "block"),
     "distributed.strategy": ("auto", "none", "ddp", "fsdp"),
     "distill.loss": ("cosine", "smooth_l1"),
@@ -398,6 +444,10 @@ def validate(config: TrainConfig) -> None:
             raise ValueError(f"{dotted}: {value!r} is not one of {', '.join(choices)}")
     if config.data.global_size % 14 or config.data.local_size % 14:
         raise ValueError("data.global_size and data.local_size must be multiples of the patch size 14")
+    for dotted in ("optim.warmup_fraction", "loss.teacher_temp_warmup_fraction", "loss.ssl_weight_warmup"):
+        section, name = dotted.split(".")
+        if not 0.0 <= getattr(getattr(config, section), name) <= 1.0:
+            raise ValueError(f"{dotted} is a fraction of train.steps and must lie in [0, 1]")
     if not 0.0 <= config.data.mask_ratio < 1.0:
         raise ValueError(f"data.mask_ratio must lie in [0, 1), got {config.data.mask_ratio}")
     if config.train.accum_steps < 1 or config.train.steps < 1:
@@ -411,3 +461,25 @@ def validate(config: TrainConfig) -> None:
     only_features = bool(config.distill.teacher) and not config.distill.combine_with_tips
     if config.loss.distill and config.data.num_local == 0 and not only_features:
         raise ValueError("loss.distill needs local crops: set data.num_local > 0 or loss.distill=false")
+    _validate_trainable(config)
+
+
+def _validate_trainable(config: TrainConfig) -> None:
+    from open_tips.models.lora import LORA_TARGETS
+    from open_tips.train.trainable import parse_mode
+
+    modes = [parse_mode(config.model.trainable.vision, "model.trainable.vision")[0]]
+    modes.append(parse_mode(config.model.trainable.text, "model.trainable.text")[0])
+    lora = config.model.lora
+    if "lora" in modes:
+        if lora.rank < 1:
+            raise ValueError(f"model.lora.rank must be >= 1, got {lora.rank}")
+        if not 0.0 <= lora.dropout < 1.0:
+            raise ValueError(f"model.lora.dropout must lie in [0, 1), got {lora.dropout}")
+        unknown = sorted(set(lora.targets) - set(LORA_TARGETS))
+        if unknown or not lora.targets:
+            raise ValueError(f"model.lora.targets: {unknown or '[]'} not among {', '.join(LORA_TARGETS)}")
+    if config.train.head_warmup_steps < 0:
+        raise ValueError(f"train.head_warmup_steps must be >= 0, got {config.train.head_warmup_steps}")
+    if not 0.0 < config.optim.layer_decay <= 1.0:
+        raise ValueError(f"optim.layer_decay must lie in (0, 1], got {config.optim.layer_decay}")

@@ -19,6 +19,7 @@ from open_tips.formats.load import load_pretrained
 from open_tips.models.configs import get_config
 from open_tips.models.lora import merge_lora_state
 from open_tips.models.tips import TIPSModel
+from open_tips.train import dcp as sharded_ckpt
 from open_tips.train import distributed as dist_utils
 from open_tips.train.checkpoint import (
     checkpoint_path,
@@ -110,6 +111,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
         clean_stale_temporaries(ckpt_dir)  # left by a run killed while writing a checkpoint
+        sharded_ckpt.clean_stale_partials(ckpt_dir)
     ctx.barrier()
 
     _seed_everything(cfg.train.seed)
@@ -130,10 +132,13 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
     nonfinite_total = 0
     caption_fallbacks = 0  # samples whose CLS2 caption was the web caption (no synthetic caption)
     if resume:
-        found = latest_checkpoint(ckpt_dir)
-        if found is not None:
+        found = _latest_any_checkpoint(ckpt_dir)  # either format: a run may switch train.checkpoint_format
+        if found is not None and found.suffix == ".dcp":
+            payload = sharded_ckpt.load_sharded(found, objective, optimizer)  # each rank reads its shards
+        elif found is not None:
             payload = load_checkpoint(found)
             dist_utils.load_full_state(objective, optimizer, payload["objective"], payload["optimizer"])
+        if found is not None:
             scaler.load_state_dict(payload["scaler"])
             rngs = payload["rng"]
             # A different world size resumes with rank 0's generator state on every new rank.
@@ -193,19 +198,29 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
     objective.train()
 
     def save(step: int) -> dict:
-        objective_state, optimizer_state = dist_utils.full_state(objective, optimizer)
         payload = {
             "step": step,
-            "objective": objective_state,
-            "model": {k[len("model.") :]: v for k, v in objective_state.items() if k.startswith("model.")},
             "model_config": model.cfg.to_dict(),
-            "optimizer": optimizer_state,
             "scaler": scaler.state_dict(),
             "rng": ctx.all_gather_object(rng_state()),
             "nonfinite_steps": nonfinite_total,
             "caption_fallbacks": caption_fallbacks,
             "train_config": cfg.to_dict(),
         }
+        if cfg.train.checkpoint_format == "sharded":  # every rank writes its shards; nothing is gathered
+            try:
+                sharded_ckpt.save_sharded(
+                    ckpt_dir, step, objective, optimizer, payload, keep=cfg.train.keep_checkpoints
+                )
+            except OSError as err:
+                log.error("could not save checkpoint at step %d (%s); previous checkpoints kept", step, err)
+            return payload
+        objective_state, optimizer_state = dist_utils.full_state(objective, optimizer)
+        payload["objective"] = objective_state
+        payload["model"] = {
+            k[len("model.") :]: v for k, v in objective_state.items() if k.startswith("model.")
+        }
+        payload["optimizer"] = optimizer_state
         if ctx.is_main:
             try:
                 save_checkpoint(payload, ckpt_dir, step, keep=cfg.train.keep_checkpoints)
@@ -348,6 +363,10 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
 
     final_step = end_step
     final_payload = save(final_step)
+    if cfg.train.checkpoint_format == "sharded" and final_step >= total_steps:
+        final_payload["model"] = sharded_ckpt.full_module_state(
+            objective.model
+        )  # the export only: collective
     progress.close()
     summary: dict[str, Any] = {
         "run_dir": str(run_dir),
@@ -358,7 +377,11 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
         "skipped_samples": _total_skips(skip_by_worker, ctx),
         "caption_fallbacks": caption_fallbacks,
         "interrupted": stop_signal,
-        "checkpoint": str(checkpoint_path(ckpt_dir, final_step)),
+        "checkpoint": str(
+            sharded_ckpt.sharded_path(ckpt_dir, final_step)
+            if cfg.train.checkpoint_format == "sharded"
+            else checkpoint_path(ckpt_dir, final_step)
+        ),
         "collapse_warnings": collapse_warnings,
         "last_periodic_eval": last_eval,
     }
@@ -377,6 +400,14 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
     ctx.barrier()
     dist_utils.cleanup(ctx)
     return summary
+
+
+def _latest_any_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The newer of the latest full (.pt) and the latest sharded (.dcp) checkpoint."""
+    full, sharded = latest_checkpoint(ckpt_dir), sharded_ckpt.latest_sharded(ckpt_dir)
+    if full is None or sharded is None:
+        return full or sharded
+    return sharded if sharded_ckpt.step_of(sharded) > int(full.stem.split("_")[1]) else full
 
 
 def _all_ranks_finite(flag: torch.Tensor, ctx) -> torch.Tensor:

@@ -13,8 +13,8 @@ import math
 log = logging.getLogger("open_tips.train")
 
 _ADVICE = {
-    "uniform": "lower loss.teacher_temp (e.g. 0.04), lengthen loss.teacher_temp_warmup_steps, or use fewer "
-    "prototypes (loss.head_out_dim)",
+    "uniform": "keep batch norm in the heads (loss.head_norm=batch), lower loss.teacher_temp (e.g. 0.04) or "
+    "use fewer prototypes (loss.head_out_dim)",
     "collapsed": "keep centring on (loss.centering=center or sinkhorn), raise loss.teacher_temp or "
     "loss.center_momentum's update rate",
 }

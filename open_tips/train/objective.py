@@ -164,6 +164,7 @@ def build_terms(cfg: TrainConfig, model: TIPSModel) -> list[tuple[str, float, Te
         "hidden_dim": loss.head_hidden_dim,
         "bottleneck_dim": loss.head_bottleneck_dim,
         "nlayers": loss.head_layers,
+        "norm": loss.head_norm,
     }
     centre_kwargs = {
         "student_temp": loss.student_temp,

@@ -25,3 +25,10 @@ def linear_warmup(step: int, warmup: int, start: float, end: float) -> float:
     if warmup <= 0 or step >= warmup:
         return end
     return start + (end - start) * step / warmup
+
+
+def run_steps(steps: int | None, fraction: float, total: int) -> int:
+    """A schedule length: ``steps`` when given, else ``fraction`` of the run's ``total`` steps (rounded)."""
+    if steps is not None:
+        return steps
+    return round(fraction * total)

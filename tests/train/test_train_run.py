@@ -42,9 +42,26 @@ def test_tiny_training_learns(tmp_path):
     chance = math.log(16)
     assert first["loss_contrastive"] > 0.8 * chance
     final_contrastive = sum(r["loss_contrastive"] for r in last) / len(last)
-    assert final_contrastive < 0.65 * chance, (first["loss_contrastive"], final_contrastive)
+    # 0.7, not 0.65: since the heads have batch norm the SSL terms pull on the backbone too (measured 1.80)
+    assert final_contrastive < 0.7 * chance, (first["loss_contrastive"], final_contrastive)
     for r in records:
         assert math.isfinite(r["loss_distill"]) and math.isfinite(r["loss_mask"])
+    # The self-supervised half learns too (it did not before the heads had batch norm: the teacher went
+    # uniform and both losses sat at log K): the losses end clearly below log K, the teacher stays sharp,
+    # and the student's excess over the teacher's entropy (its KL from the teacher) falls.
+    log_k = math.log(cfg.loss.head_out_dim)
+
+    def mean_last(key: str) -> float:
+        return sum(r[key] for r in last) / len(last)
+
+    # measured (400 steps): distill loss 0.78 log K, entropy 0.74; mask 0.89 / 0.83; before: 0.99 / 0.99
+    for head, loss_bound, entropy_bound in (("distill", 0.85, 0.8), ("mask", 0.93, 0.88)):
+        assert mean_last(f"loss_{head}") < loss_bound * log_k, (head, mean_last(f"loss_{head}"), log_k)
+        assert mean_last(f"{head}_teacher_entropy") < entropy_bound * log_k, head
+        excess_start = first[f"loss_{head}"] - first[f"{head}_teacher_entropy"]
+        excess_end = mean_last(f"loss_{head}") - mean_last(f"{head}_teacher_entropy")
+        assert excess_end < 0.6 * excess_start, (head, excess_start, excess_end)
+    assert not summary["collapse_warnings"], summary["collapse_warnings"]
     assert summary["finished"] and summary["nonfinite_steps"] == 0
     run = tmp_path / "run"
     assert (run / "config.yaml").exists() and (run / "loss_curves.png").stat().st_size > 1000
