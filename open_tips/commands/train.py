@@ -36,7 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     parser.add_argument(
-        "--preset", default=None, help="named preset (tiny, tiny-tipsv2, small, b14, b14-tipsv2)"
+        "--preset",
+        default=None,
+        help="named preset: tiny, tiny-tipsv2, small, b14, b14-tipsv2, finetune (YAML files in "
+        "open_tips/train/presets/)",
     )
     parser.add_argument("--config", dest="config_file", default=None, help="YAML file with config values")
     parser.add_argument("--output-dir", default=None, help="run directory (train.output_dir)")

@@ -1,20 +1,29 @@
-"""One typed config tree for training: named presets, a YAML file, then dotted overrides.
+"""One typed config tree for training: a preset, a YAML file, then dotted ``key=value`` overrides.
 
 ``load_config(preset="tiny", yaml_path=None, overrides=["optim.lr=1e-3", "loss.mim=false"])`` applies them
-in that order. Every value is checked against the dataclass field's type, so a typo in a key or a value of
-the wrong kind fails at start-up with the dotted key named.
+in that order. The dataclasses below are the schema: OmegaConf checks and converts every value against its
+field's type (a field's choices are its ``Literal``), so a typo in a key or a value of the wrong kind fails at
+start-up with the dotted key named. Presets are YAML files in ``open_tips/train/presets/`` (copy one to start
+a config of your own); ``preset: NAME`` in a preset or a user file builds on that preset.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from open_tips.models.lora import LORA_TARGETS
+from open_tips.train.trainable import parse_mode
+
+PRESET_DIR = Path(__file__).with_name("presets")
+DEFAULT_PRESET = "tiny"
 
 
 @dataclass
@@ -59,7 +68,7 @@ class DataSection:
     num_local: int = 2
     global_scale: tuple[float, float] = (0.4, 1.0)
     local_scale: tuple[float, float] = (0.1, 0.4)
-    mask_kind: str = "random"  # "random" | "block"
+    mask_kind: Literal["random", "block"] = "random"
     mask_ratio: float = 0.75
     mask_probability: float = 1.0  # fraction of images that get a mask
     caption_weights: dict[str, float] | None = None  # template -> probability for CLS2's caption
@@ -73,14 +82,16 @@ class DataSection:
 
 @dataclass
 class LossSection:
-    contrastive: str = "softmax"  # "softmax" (InfoNCE) | "sigmoid" (SigLIP)
+    contrastive: Literal["softmax", "sigmoid"] = "softmax"  # InfoNCE | SigLIP
     # Which (CLS token, caption) pairs the contrastive loss uses: "dual" = CLS1-web + CLS2-synthetic (TIPS),
     # "web" = CLS1-web only (CLIP), "synthetic" = CLS1-synthetic only (CLIP on synthetic captions).
-    pairs: str = "dual"
-    contrastive_view: str = "clean"  # "clean" global crop or the "masked" one the MIM student sees
+    pairs: Literal["dual", "web", "synthetic"] = "dual"
+    contrastive_view: Literal["clean", "masked"] = (
+        "clean"  # the clean global crop or the one the MIM student sees
+    )
     distill: bool = True
     distill_weight: float = 1.0
-    distill_cls: str = "web"  # which CLS feeds self-distillation: web | synthetic | both
+    distill_cls: Literal["web", "synthetic", "both"] = "web"  # which CLS feeds self-distillation
     mim: bool = True
     mask_weight: float = 2.0
     ibot_all_tokens: bool = False  # iBOT++ (TIPSv2): supervise all tokens, not only masked ones
@@ -90,7 +101,7 @@ class LossSection:
     head_layers: int = 3
     # Batch norm after the head's hidden layers (DINO's use_bn_in_head): without it the teacher stays uniform
     # because CLS tokens of different images start nearly parallel (docs/training.md).
-    head_norm: str = "batch"  # "batch" | "none"
+    head_norm: Literal["batch", "none"] = "batch"
     student_temp: float = 0.1
     teacher_temp: float = 0.07
     warmup_teacher_temp: float = 0.04
@@ -101,15 +112,15 @@ class LossSection:
     # Fraction of train.steps over which the distill and mask weights ramp up from 0 (0 = full from the start).
     ssl_weight_warmup: float = 0.0
     center_warm_start: bool = True  # start the EMA centre at the first batch's mean (not at zero)
-    centering: str = "center"  # "center" (EMA centre, DINO) | "sinkhorn" (Sinkhorn-Knopp) | "none"
+    centering: Literal["center", "sinkhorn", "none"] = "center"  # EMA centre (DINO) | Sinkhorn-Knopp | none
     sparc_weight: float = 0.0  # SPARC fine-grained loss on (patch, synthetic-caption token) pairs
-    sparc_caption: str = "synthetic"
+    sparc_caption: Literal["synthetic", "web"] = "synthetic"
     koleo_weight: float = 0.0
 
 
 @dataclass
 class TeacherSection:
-    kind: str = "full_ema"  # "full_ema" (TIPS v1) | "head_ema" (TIPSv2: shared backbone, EMA heads only)
+    kind: Literal["full_ema", "head_ema"] = "full_ema"  # TIPS v1 | TIPSv2 (shared backbone, EMA heads only)
     momentum_start: float = 0.994
     momentum_end: float = 1.0
 
@@ -136,7 +147,7 @@ class OptimSection:
 class TrainSection:
     steps: int = 1000
     accum_steps: int = 1
-    precision: str = "fp32"  # fp32 | bf16 | fp16
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     device: str = "auto"
     seed: int = 0
     output_dir: str = "runs/tiny"
@@ -150,7 +161,7 @@ class TrainSection:
     # Device peak TFLOP/s for the logged mfu; 0 = the table in open_tips.train.flops (known GPUs; none on CPU).
     peak_tflops: float = 0.0
     # full: one .pt gathered on rank 0 (small runs); sharded: torch.distributed.checkpoint, one file per rank.
-    checkpoint_format: str = "full"
+    checkpoint_format: Literal["full", "sharded"] = "full"
     # Continued pretraining: for the first N steps only the DINO/iBOT heads (and centres) learn, both towers
     # and the temperature are held; then the teacher heads are copied from the student heads.
     head_warmup_steps: int = 0
@@ -164,7 +175,7 @@ class TrainSection:
 
 @dataclass
 class DistributedSection:
-    strategy: str = "auto"  # auto | none | ddp | fsdp
+    strategy: Literal["auto", "none", "ddp", "fsdp"] = "auto"
     timeout_s: int = 300
     local_loss: bool = True
 
@@ -178,7 +189,7 @@ class DistillSection:
     patch_weight: float = 1.0
     # > 0: the pooled text embeddings too (the teacher needs a text tower and the run's tokenizer)
     text_weight: float = 0.0
-    loss: str = "cosine"  # cosine | smooth_l1
+    loss: Literal["cosine", "smooth_l1"] = "cosine"
     combine_with_tips: bool = True  # false: only feature distillation (+ contrastive, below)
     contrastive: bool = True  # with combine_with_tips=false: keep the image-text contrastive term
 
@@ -219,164 +230,84 @@ def _plain(value: Any) -> Any:
     return value
 
 
-# Presets: overrides on top of the defaults above.
-PRESETS: dict[str, dict[str, Any]] = {
-    # Trains in a few minutes on 2 CPU cores; the README's main job.
-    "tiny": {},
-    "tiny-tipsv2": {
-        "teacher.kind": "head_ema",
-        "loss.ibot_all_tokens": True,
-        "data.caption_weights": {"short": 0.5, "detailed": 0.5},
-    },
-    "small": {
-        "model.name": "small-112",
-        "data.global_size": 112,
-        "data.local_size": 56,
-        "data.num_local": 4,
-        "data.num_samples": 20000,
-        "train.steps": 3000,
-        "train.output_dir": "runs/small",
-    },
-    # The paper's geometry (ViT-B/14, 224 px global, 6 local crops at 98 px, 32k prototypes).
-    "b14": {
-        "model.name": "tipsv2-b14",
-        "data.source": "builtin",
-        "data.builtin_image_size": 256,
-        "data.global_size": 224,
-        "data.local_size": 98,
-        "data.num_local": 6,
-        "data.global_scale": [0.32, 1.0],
-        "data.local_scale": [0.05, 0.32],
-        "data.batch_size": 64,
-        "data.tokenizer_vocab": 4096,
-        "loss.head_out_dim": 32768,
-        "loss.head_hidden_dim": 2048,
-        "loss.head_bottleneck_dim": 256,
-        "optim.lr": 5e-4,
-        "optim.warmup_fraction": 1 / 90,  # 1000 of 90000 steps
-        "train.steps": 90000,
-        "train.precision": "bf16",
-        "train.output_dir": "runs/b14",
-        "train.save_every": 1000,
-    },
-    "b14-tipsv2": {"preset": "b14", "teacher.kind": "head_ema", "loss.ibot_all_tokens": True},
-    # Continued pretraining / fine-tuning from model.init_from (docs/training.md): a low lr with layer-wise
-    # decay, and the SSL heads warmed up on the frozen backbone before it moves.
-    "finetune": {
-        "optim.lr": 1e-4,
-        "optim.min_lr": 1e-6,
-        "optim.warmup_steps": 100,
-        "optim.layer_decay": 0.75,
-        "optim.head_lr_mult": 10.0,
-        "train.head_warmup_steps": 100,
-        "train.output_dir": "runs/finetune",
-    },
-}
+def list_presets() -> list[str]:
+    """The preset names, the default first."""
+    return sorted(
+        (p.stem for p in PRESET_DIR.glob("*.yaml")), key=lambda name: (name != DEFAULT_PRESET, name)
+    )
 
 
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+def _fields(cls: type, prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> type hint of every field, sections (nested dataclasses) included."""
+    out: dict[str, Any] = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        out[prefix + name] = hint
+        if dataclasses.is_dataclass(hint):
+            out.update(_fields(hint, f"{prefix}{name}."))
+    return out
 
 
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Checks/converts ``value`` to ``annotation``; raises ValueError naming ``key``."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ValueError as err:
-                errors.append(str(err))
-        raise ValueError(f"{key}: {value!r} fits none of {annotation}")
-    if annotation is Any:
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ValueError(f"{key}: expected {len(args)} values, got {value!r}")
-        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"{key}: expected a mapping, got {value!r}")
-        return {_coerce(k, args[0], key): _coerce(v, args[1], key) for k, v in value.items()}
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(v, args[0], key) for v in value]
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"{key}: expected true/false, got {value!r}")
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ValueError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if annotation is float:
-        if isinstance(value, str):
-            try:  # YAML 1.1 leaves "1e-3" (no dot) as a string
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if annotation is str:
-        if not isinstance(value, str):
-            raise ValueError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise ValueError(f"{key}: unsupported type {annotation}")
+FIELDS = _fields(TrainConfig)
 
 
-def set_value(config: TrainConfig, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    target: Any = config
-    for part in parts[:-1]:
-        if not dataclasses.is_dataclass(target) or part not in _field_types(type(target)):
-            raise KeyError(f"unknown config key {dotted!r}")
-        target = getattr(target, part)
-    name = parts[-1]
-    if not dataclasses.is_dataclass(target) or name not in _field_types(type(target)):
-        raise KeyError(f"unknown config key {dotted!r}")
-    annotation = _field_types(type(target))[name]
-    if dataclasses.is_dataclass(getattr(target, name)):
-        if not isinstance(value, dict):
-            raise ValueError(f"{dotted}: expected a mapping of its fields")
-        for key, sub in value.items():
-            set_value(config, f"{dotted}.{key}", sub)
-        return
-    setattr(target, name, _coerce(value, annotation, dotted))
-
-
-def apply_mapping(config: TrainConfig, mapping: dict[str, Any], prefix: str = "") -> None:
+def _leaves(mapping: dict, prefix: str = ""):
+    """(dotted key, value) for each value of a nested mapping; keys may be dotted themselves."""
     for key, value in mapping.items():
         dotted = f"{prefix}{key}"
-        if key == "preset" and not prefix:
-            continue
-        if "." in key or not isinstance(value, dict) or dotted in ("data.caption_weights",):
-            set_value(config, dotted, value)
+        if dataclasses.is_dataclass(FIELDS.get(dotted)) and isinstance(value, dict):
+            yield from _leaves(value, f"{dotted}.")
         else:
-            holder = config
-            for part in dotted.split("."):
-                holder = getattr(holder, part, None)
-            if dataclasses.is_dataclass(holder):
-                apply_mapping(config, value, prefix=f"{dotted}.")
-            else:
-                set_value(config, dotted, value)
+            yield dotted, value
 
 
-def _preset_chain(name: str) -> list[dict[str, Any]]:
-    if name not in PRESETS:
-        raise KeyError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
-    preset = PRESETS[name]
-    parent = preset.get("preset")
-    return (_preset_chain(parent) if parent and parent != name else []) + [preset]
+def _expected(hint: Any, value: Any) -> str:
+    """What a field of type ``hint`` takes, said for the error that names its key."""
+    if type(None) in typing.get_args(hint):  # X | None: what X takes
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    origin, args = typing.get_origin(hint) or hint, typing.get_args(hint)
+    if origin is Literal:
+        return f"{value!r} is not one of {', '.join(args)}"
+    wanted = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list"}
+    wanted |= {dict: "a mapping", tuple: f"{len(args)} values"}
+    return f"expected {wanted.get(origin, hint)}, got {value!r}"
+
+
+def _apply(config: DictConfig, mapping: dict) -> None:
+    # Leaf by leaf rather than one OmegaConf.merge of the whole layer: merge would combine a mapping-valued
+    # field (data.caption_weights) key by key with the layer below instead of replacing it, and its errors
+    # for tuples and sections do not name the key. OmegaConf checks and converts each value.
+    for dotted, value in _leaves(mapping):
+        if dotted not in FIELDS:
+            raise KeyError(f"unknown config key {dotted!r}")
+        hint = FIELDS[dotted]
+        if dataclasses.is_dataclass(hint):
+            raise ValueError(f"{dotted}: expected a mapping of its fields")
+        if int in (hint, *typing.get_args(hint)) and isinstance(value, float) and value.is_integer():
+            value = int(value)  # train.steps=1e4 (OmegaConf refuses any float for an int)
+        try:
+            OmegaConf.update(config, dotted, value, merge=False)
+        except OmegaConfBaseException as err:
+            raise ValueError(f"{dotted}: {_expected(hint, value)}") from err
+
+
+def _read_yaml(path: str | Path) -> dict:
+    try:
+        mapping = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: malformed YAML ({err})") from err
+    if not isinstance(mapping, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return mapping
+
+
+def _preset_chain(name: str) -> list[tuple[Path, dict]]:
+    """(file, mapping) of ``name`` and the presets it builds on, the base first."""
+    if name not in list_presets():
+        raise KeyError(f"unknown preset {name!r}; known: {', '.join(list_presets())}")
+    path = PRESET_DIR / f"{name}.yaml"
+    mapping = _read_yaml(path)
+    parent = mapping.pop("preset", None)
+    return (_preset_chain(parent) if parent and parent != name else []) + [(path, mapping)]
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -395,53 +326,38 @@ def parse_override(text: str) -> tuple[str, Any]:
 def load_config(
     preset: str | None = None, yaml_path: str | Path | None = None, overrides: list[str] | None = None
 ) -> TrainConfig:
-    file_mapping: dict[str, Any] = {}
-    if yaml_path is not None:
+    file_mapping = {} if yaml_path is None else _read_yaml(yaml_path)
+    name = preset or file_mapping.get("preset") or DEFAULT_PRESET
+    config = OmegaConf.structured(TrainConfig(preset=name))
+    for path, layer in _preset_chain(name):
         try:
-            file_mapping = yaml.safe_load(Path(yaml_path).read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"{yaml_path}: malformed YAML ({err})") from err
-        if not isinstance(file_mapping, dict):
-            raise ValueError(f"{yaml_path}: expected a mapping at the top level")
-    name = preset or file_mapping.get("preset") or "tiny"
-    config = TrainConfig(preset=name)
-    for layer in _preset_chain(name):
-        apply_mapping(config, layer)
-    if file_mapping:
-        try:
-            apply_mapping(config, file_mapping)
-        except (KeyError, ValueError) as err:
-            raise type(err)(f"{yaml_path}: {err}") from err
+            _apply(config, layer)
+        except (KeyError, ValueError) as err:  # a broken preset file
+            raise type(err)(f"{path}: {err.args[0]}") from err
+    try:
+        _apply(config, {k: v for k, v in file_mapping.items() if k != "preset"})
+    except (KeyError, ValueError) as err:
+        raise type(err)(f"{yaml_path}: {err.args[0]}") from err
     for text in overrides or []:
-        key, value = parse_override(text)
-        set_value(config, key, value)
-    validate(config)
-    return config
-
-
-_CHOICES = {
-    "loss.contrastive": ("softmax", "sigmoid"),
-    "loss.pairs": ("dual", "web", "synthetic"),
-    "loss.contrastive_view": ("clean", "masked"),
-    "loss.distill_cls": ("web", "synthetic", "both"),
-    "loss.sparc_caption": ("synthetic", "web"),
-    "loss.centering": ("center", "sinkhorn", "none"),
-    "loss.head_norm": ("batch", "none"),
-    "teacher.kind": ("full_ema", "head_ema"),
-    "train.precision": ("fp32", "bf16", "fp16"),
-    "train.checkpoint_format": ("full", "sharded"),
-    "data.mask_kind": ("random", "block"),
-    "distributed.strategy": ("auto", "none", "ddp", "fsdp"),
-    "distill.loss": ("cosine", "smooth_l1"),
-}
+        _apply(config, dict([parse_override(text)]))
+    try:
+        result = OmegaConf.to_object(config)
+    except OmegaConfBaseException as err:  # e.g. an ${interpolation} to a key that does not exist
+        raise ValueError(f"{err.full_key}: {err.msg}") from err
+    validate(result)
+    return result
 
 
 def validate(config: TrainConfig) -> None:
-    for dotted, choices in _CHOICES.items():
-        section, name = dotted.split(".")
-        value = getattr(getattr(config, section), name)
-        if value not in choices:
-            raise ValueError(f"{dotted}: {value!r} is not one of {', '.join(choices)}")
+    for (
+        dotted,
+        hint,
+    ) in FIELDS.items():  # the choices: load_config has checked them, a config built in code not
+        if typing.get_origin(hint) is Literal:
+            section, name = dotted.split(".")
+            value = getattr(getattr(config, section), name)
+            if value not in typing.get_args(hint):
+                raise ValueError(f"{dotted}: {_expected(hint, value)}")
     if config.data.global_size % 14 or config.data.local_size % 14:
         raise ValueError("data.global_size and data.local_size must be multiples of the patch size 14")
     for dotted in ("optim.warmup_fraction", "loss.teacher_temp_warmup_fraction", "loss.ssl_weight_warmup"):
@@ -465,9 +381,6 @@ def validate(config: TrainConfig) -> None:
 
 
 def _validate_trainable(config: TrainConfig) -> None:
-    from open_tips.models.lora import LORA_TARGETS
-    from open_tips.train.trainable import parse_mode
-
     modes = [parse_mode(config.model.trainable.vision, "model.trainable.vision")[0]]
     modes.append(parse_mode(config.model.trainable.text, "model.trainable.text")[0])
     lora = config.model.lora
