@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
 
 class MultiCropTransform:
@@ -30,27 +31,37 @@ class MultiCropTransform:
             if not 0.0 < low <= high <= 1.0:
                 raise ValueError(f"{name} must satisfy 0 < low <= high <= 1, got {(low, high)}")
         self.global_size, self.local_size, self.num_local = global_size, local_size, num_local
-        to_float = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]  # [0, 1], no mean/std
-        self.global_transform = v2.Compose(
-            [
-                v2.RandomResizedCrop(global_size, scale=tuple(global_scale), antialias=True),
-                v2.RandomHorizontalFlip(),
-                *to_float,
-            ]
-        )
-        self.local_transform = v2.Compose(
-            [
-                v2.RandomResizedCrop(local_size, scale=tuple(local_scale), antialias=True),
-                v2.RandomHorizontalFlip(),
-                *to_float,
-            ]
-        )
+        # Crops and resizes run on uint8 tensors (torchvision's vectorised uint8 bilinear+antialias kernel);
+        # only the finished small crops become floats. The random draws are v2.RandomResizedCrop's own
+        # (make_params) followed by RandomHorizontalFlip's torch.rand(1) test, so the crops equal
+        # v2.Compose([RandomResizedCrop, RandomHorizontalFlip]) on the uint8 image exactly, without its
+        # per-call dispatch (about 0.5 ms per crop on a slow core; benchmarks/loader.py).
+        self.global_crop = v2.RandomResizedCrop(global_size, scale=tuple(global_scale), antialias=True)
+        self.local_crop = v2.RandomResizedCrop(local_size, scale=tuple(local_scale), antialias=True)
+
+    @staticmethod
+    def _to_tensor(image: Image.Image | torch.Tensor) -> torch.Tensor:
+        if isinstance(image, Image.Image):
+            if image.mode != "RGB":
+                image = image.convert("RGB")
+            return TF.pil_to_tensor(image)  # uint8 [3, H, W], one copy
+        image = image.as_subclass(torch.Tensor)
+        return image.expand(3, -1, -1) if image.ndim == 3 and image.shape[0] == 1 else image
+
+    @staticmethod
+    def _crop(image: torch.Tensor, sampler: v2.RandomResizedCrop) -> torch.Tensor:
+        box = sampler.make_params([image])
+        crop = image[..., box["top"] : box["top"] + box["height"], box["left"] : box["left"] + box["width"]]
+        crop = TF.resize_image(crop, list(sampler.size), antialias=True)
+        if torch.rand(1) < 0.5:  # RandomHorizontalFlip(p=0.5): flips unless rand >= p
+            crop = crop.flip(-1)
+        crop = TF.to_dtype(crop, torch.float32, scale=True)  # uint8 / 255: in [0, 1] already
+        return crop if image.dtype == torch.uint8 else crop.clamp(0.0, 1.0)  # a float resize may overshoot
 
     def __call__(self, image: Image.Image | torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        if isinstance(image, Image.Image) and image.mode != "RGB":
-            image = image.convert("RGB")
-        global_crop = self.global_transform(image).clamp_(0.0, 1.0)  # bilinear+antialias may overshoot floats
-        return global_crop, [self.local_transform(image).clamp_(0.0, 1.0) for _ in range(self.num_local)]
+        image = self._to_tensor(image)
+        global_crop = self._crop(image, self.global_crop)
+        return global_crop, [self._crop(image, self.local_crop) for _ in range(self.num_local)]
 
     def __repr__(self) -> str:
         return (

@@ -23,7 +23,9 @@ import warnings
 from collections import Counter
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
+from torchvision.transforms.v2.functional import pil_to_tensor
 
 from open_tips.data.captions import normalise_synthetic
 
@@ -32,6 +34,19 @@ DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default decompression-bomb threshol
 MIN_SIDE = 8
 
 log = logging.getLogger("open_tips.data")
+
+# torchvision 0.29 deprecates its image codecs in favour of TorchCodec (a separate package) and warns on every
+# call; decode_jpeg is still libjpeg-turbo straight into a tensor, the fastest decoder torchvision ships.
+# Without it (a later torchvision), decode_image_tensor uses PIL.
+warnings.filterwarnings(
+    "ignore",
+    message="The image decoding and encoding capabilities of TorchVision",
+    category=DeprecationWarning,
+)
+try:
+    from torchvision.io import ImageReadMode, decode_jpeg
+except ImportError:  # pragma: no cover - torchvision without its codecs
+    decode_jpeg = None
 
 
 class SkipSample(Exception):
@@ -112,6 +127,45 @@ def decode_image(
         return _to_rgb(image)
     except (ValueError, OSError, TypeError) as err:
         raise SkipSample("unsupported_mode", f"{image.mode}: {err}") from err
+
+
+def _decode_jpeg_tensor(data: bytes, max_pixels: int | None, min_side: int):
+    """The libjpeg-turbo path of ``decode_image_tensor``; None where PIL should decide instead."""
+    if decode_jpeg is None or data[:3] != b"\xff\xd8\xff" or data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
+        return None  # not a JPEG, or truncated (no end marker): PIL reports it as PIL would
+    try:
+        header = Image.open(io.BytesIO(data))  # lazy: the header only
+        width, height, mode = header.width, header.height, header.mode
+    except Exception:  # noqa: BLE001 - the PIL path names the reason
+        return None
+    if mode not in ("RGB", "L"):
+        return None  # CMYK / YCCK and friends: PIL's conversion
+    if max_pixels is not None and width * height > max_pixels:
+        raise SkipSample("image_too_large", f"{width}x{height} > {max_pixels} pixels")
+    try:
+        pixels = decode_jpeg(
+            torch.frombuffer(bytearray(data), dtype=torch.uint8),
+            mode=ImageReadMode.RGB,
+            apply_exif_orientation=True,
+        )
+    except Exception:  # noqa: BLE001 - damaged data: the PIL path names the reason
+        return None
+    if min(pixels.shape[-2:]) < min_side:
+        raise SkipSample("image_too_small", f"{pixels.shape[-1]}x{pixels.shape[-2]}")
+    return pixels
+
+
+def decode_image_tensor(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE):
+    """Encoded bytes -> uint8 RGB tensor [3, H, W], or SkipSample; the training loader's decoder.
+
+    Complete RGB / greyscale JPEGs go through ``torchvision.io.decode_jpeg`` (libjpeg-turbo straight into a
+    tensor, EXIF orientation applied; no PIL image, no copy into a tensor afterwards); everything else
+    (other formats, CMYK, truncated or damaged files) through ``decode_image``, so the skip reasons and
+    limits are the same as there. Pixels agree with PIL's decoding up to the decoders' IDCT rounding."""
+    pixels = _decode_jpeg_tensor(data, max_pixels, min_side)
+    if pixels is not None:
+        return pixels
+    return pil_to_tensor(decode_image(data, max_pixels, min_side))
 
 
 def load_json_object(data: bytes | str) -> dict:

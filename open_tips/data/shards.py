@@ -47,6 +47,7 @@ from open_tips.data.decode import (
     SkipCounter,
     SkipSample,
     decode_image,
+    decode_image_tensor,
     parse_metadata,
 )
 from open_tips.utils.atomic import publish
@@ -280,7 +281,9 @@ class ShardDataset(IterableDataset):
     draws shards at random with replacement, endlessly, independently per rank and worker (for more readers
     than shards, or epoch-free training). ``shuffle_buffer`` > 1 shuffles samples within a buffer of that size.
     Call ``set_epoch(epoch)`` before each pass. ``max_pixels``: decompression-bomb limit (None = none).
-    ``require_synthetic``: skip (as ``missing_synthetic_caption``) samples without a synthetic caption."""
+    ``require_synthetic``: skip (as ``missing_synthetic_caption``) samples without a synthetic caption.
+    ``image_type``: "pil" (a PIL image, ``decode_image``) or "tensor" (a uint8 [3, H, W] tensor,
+    ``decode_image_tensor``: libjpeg-turbo straight into a tensor; what training reads)."""
 
     def __init__(
         self,
@@ -293,6 +296,7 @@ class ShardDataset(IterableDataset):
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         shuffle_shards: bool = True,
         require_synthetic: bool = False,
+        image_type: str = "pil",
     ) -> None:
         super().__init__()
         self.urls = expand_urls(urls)
@@ -313,6 +317,9 @@ class ShardDataset(IterableDataset):
         self.max_pixels = max_pixels
         self.shuffle_shards = shuffle_shards
         self.require_synthetic = require_synthetic
+        if image_type not in ("pil", "tensor"):
+            raise ValueError(f"image_type must be 'pil' or 'tensor', got {image_type!r}")
+        self.image_type = image_type
         self.epoch = 0
         self.skipped = SkipCounter()
 
@@ -352,7 +359,10 @@ class ShardDataset(IterableDataset):
         meta = parse_metadata(raw.get("json", b"{}"), fallback_caption=raw.get("txt"))
         if self.require_synthetic and not meta["synthetic_captions"]:
             raise SkipSample("missing_synthetic_caption", key)
-        meta["image"] = decode_image(raw[image_ext], self.max_pixels)
+        if self.image_type == "tensor":
+            meta["image"] = decode_image_tensor(raw[image_ext], self.max_pixels)
+        else:
+            meta["image"] = decode_image(raw[image_ext], self.max_pixels)
         meta["__key__"] = key
         meta["__url__"] = raw.get("__url__", "")
         return meta

@@ -104,9 +104,15 @@ def _cast_input_to_weights(module: torch.nn.Module, args: tuple) -> tuple:
     return args
 
 
-def prepare_for_inference(model, dtype: str = "fp32", compile: bool = False):
+def prepare_for_inference(model, dtype: str = "fp32", compile: bool = False, freeze: bool = True):
     """Casts the weights to ``dtype`` (float pixels are cast to it on entry to the patch embedding, so
-    every caller may pass float32) and, with ``compile``, wraps the towers' entry points in torch.compile."""
+    every caller may pass float32) and, with ``compile``, wraps the towers' entry points in torch.compile.
+
+    ``freeze`` (with ``compile``): Inductor's freezing, i.e. the weights become constants of the compiled
+    graph, so they are pre-packed once for the CPU GEMM kernels and constant-folded (measured 1.14x over
+    transformers on CPU at B/14 224 px against 1.11x without; benchmarks/encode.py). Outputs stay float32
+    equal up to rounding (relative difference ~1e-6). Only for a model whose weights no longer change:
+    graphs compiled before a weight update would keep the old weights."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if DTYPES[dtype] != torch.float32:
@@ -114,10 +120,11 @@ def prepare_for_inference(model, dtype: str = "fp32", compile: bool = False):
         model.vision.patch_embed.register_forward_pre_hook(_cast_input_to_weights)
     if compile:
         vision = model.vision
-        vision.forward_tokens = torch.compile(vision.forward_tokens)
-        vision.forward_value_trick = torch.compile(vision.forward_value_trick)
+        options = {"freezing": True} if freeze else None
+        vision.forward_tokens = torch.compile(vision.forward_tokens, options=options)
+        vision.forward_value_trick = torch.compile(vision.forward_value_trick, options=options)
         if model.text is not None:
-            model.text.forward = torch.compile(model.text.forward)
+            model.text.forward = torch.compile(model.text.forward, options=options)
     return model
 
 

@@ -278,6 +278,7 @@ def _shard_batches(cfg: TrainConfig, builder, start_step: int, ctx) -> Iterator[
         seed=cfg.train.seed,
         resample=cfg.data.resample,
         require_synthetic=cfg.data.require_synthetic,
+        image_type="tensor",  # libjpeg-turbo into uint8 tensors; the crops stay uint8 until the end
     )
     if ctx.is_main and cfg.data.caption_weights:
         warn_unknown_templates(cfg.data.caption_weights, shard_templates(cfg.data.source), cfg.data.source)
