@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,7 +84,7 @@ def test_loader_quick_sides_agree(monkeypatch):
 
 
 def run_gpu_script(out: Path, only: str = "") -> subprocess.CompletedProcess:
-    env = dict(os.environ, OUT=str(out), OPEN_TIPS_COCO_MINI=str(COCO_MINI), ONLY=only)
+    env = dict(os.environ, OUT=str(out), OPEN_TIPS_COCO_MINI=str(COCO_MINI), ONLY=only, PYTHON=sys.executable)
     command = ["bash", str(BENCHMARKS / "gpu.sh"), "--dry-run"]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
 
