@@ -101,6 +101,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred: torch loads once the command runs, not for `open-tips caption --help`
     import logging
 
     from open_tips.captions.model import DecodeSettings

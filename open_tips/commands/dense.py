@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+import open_tips
 from open_tips.inference.options import add_model_args, fail, input_images, output_stem, report_skipped
 
 
@@ -42,12 +43,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def load_backbone(args: argparse.Namespace):
     """(model, device, image size): the tower from --checkpoint, which may also be an HF Tipsv2Dpt
     directory (its ``vision_encoder.`` weights)."""
+    # deferred: the model stack loads once the command runs, not for `open-tips dense --help`
     from open_tips.formats.dpt import is_hf_dpt_dir
     from open_tips.inference.options import load_model, resolve_device
 
     if not is_hf_dpt_dir(args.checkpoint):
         return load_model(args)
-    import open_tips
     from open_tips.formats.common import infer_vision_config, load_strict
     from open_tips.formats.dpt import read_hf_dpt_dir
     from open_tips.models import TIPSConfig, TIPSModel, get_config
@@ -74,7 +75,7 @@ def load_backbone(args: argparse.Namespace):
 
 
 def load_heads(paths: list[str], tasks: list[str] | None, model):
-    import open_tips
+    # deferred: the model stack loads once the command runs, not for `open-tips dense --help`
     from open_tips.formats.dpt import load_dense_heads
     from open_tips.inference.dense_heads import check_backbone
 
@@ -89,6 +90,7 @@ def load_heads(paths: list[str], tasks: list[str] | None, model):
 
 
 def parse_tasks(text: str | None) -> list[str] | None:
+    # deferred: the model stack loads once the command runs, not for `open-tips dense --help`
     from open_tips.models.dpt import canonical_task
 
     if not text:
@@ -100,6 +102,7 @@ def parse_tasks(text: str | None) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred: the model stack loads once the command runs, not for `open-tips dense --help`
     import torch
     from tqdm import tqdm
 

@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+import open_tips
 from open_tips.commands import CommandError
+from open_tips.eval.registry import suite_names, task_names
 
 
 def _positive(text: str) -> int:
@@ -21,8 +23,6 @@ def _positive(text: str) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from open_tips.eval.registry import suite_names, task_names
-
     TASKS = task_names()
 
     parser = subparsers.add_parser(
@@ -173,6 +173,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _list_suites() -> str:
+    # deferred: torch loads once the command runs, not for `open-tips eval --help`
     from open_tips.eval.registry import get_suite, suite_names
 
     lines = []
@@ -192,6 +193,7 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred: torch loads once the command runs, not for `open-tips eval --help`
     from open_tips.eval.report import compare, markdown_table
 
     if args.list:
@@ -207,7 +209,6 @@ def run(args: argparse.Namespace) -> int:
         return _fail("give --checkpoint (to evaluate), --compare RUN ... (to compare) or --list")
     import torch
 
-    import open_tips
     from open_tips.eval.features import model_fingerprint
     from open_tips.eval.registry import EvalError, task_names
     from open_tips.eval.suite import EvalOptions, evaluate

@@ -32,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _builtin_samples(args: argparse.Namespace, count: int) -> Iterator[dict]:
+    # deferred: torch loads once the command runs, not for `open-tips make-shards --help`
     from open_tips.data.builtin import generate_samples
 
     for sample in generate_samples(args.seed, args.image_size, args.caption_noise, stop=count):
@@ -43,6 +44,7 @@ def _builtin_samples(args: argparse.Namespace, count: int) -> Iterator[dict]:
 
 
 def _file_samples(dataset, skipped) -> Iterator[dict]:
+    # deferred: torch loads once the command runs, not for `open-tips make-shards --help`
     from open_tips.data.decode import SkipSample
 
     for index in range(len(dataset)):
@@ -53,6 +55,7 @@ def _file_samples(dataset, skipped) -> Iterator[dict]:
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred: torch loads once the command runs, not for `open-tips make-shards --help`
     from open_tips.data.decode import SkipCounter
     from open_tips.data.shards import write_shards
 

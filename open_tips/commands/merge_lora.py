@@ -12,6 +12,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from open_tips.commands import CommandError
+
 log = logging.getLogger("open_tips.merge_lora")
 
 
@@ -32,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _checkpoint_file(run: Path) -> Path:
+    # deferred: torch loads once the command runs, not for `open-tips merge-lora --help`
     from open_tips.train.checkpoint import latest_checkpoint
 
     if run.is_file():
@@ -46,6 +49,7 @@ def _checkpoint_file(run: Path) -> Path:
 
 def _tokenizer_path(explicit: str | None, checkpoint: Path, train_config: dict) -> Path | None:
     """The run's own tokenizer (built-in data), else the configured one, else the one beside init_from."""
+    # deferred: torch loads once the command runs, not for `open-tips merge-lora --help`
     from open_tips.models.tokenizer import find_tokenizer
 
     if explicit:
@@ -69,6 +73,7 @@ def merge_run(
     run: str | Path, output: str | Path, tokenizer: str | None = None, overwrite: bool = False
 ) -> dict:
     """Merges the run's (or checkpoint's) LoRA adapters and writes the export; returns a summary."""
+    # deferred: torch loads once the command runs, not for `open-tips merge-lora --help`
     import torch
 
     from open_tips.formats.common import load_strict
@@ -114,8 +119,6 @@ def merge_run(
 
 def run(args: argparse.Namespace) -> int:
     import json
-
-    from open_tips.commands import CommandError
 
     try:
         summary = merge_run(args.run, args.output, tokenizer=args.tokenizer, overwrite=args.overwrite)

@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from torchvision.transforms.v2 import functional as TF
 
+from open_tips.inference.dense import pca_rgb, side_by_side
+from open_tips.inference.images import batched_images
 from open_tips.inference.options import add_model_args, input_images, load_model, output_stem, report_skipped
 
 
@@ -32,9 +34,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from open_tips.inference.dense import pca_rgb, side_by_side
-    from open_tips.inference.images import batched_images
-
     paths = input_images(args.inputs)
     model, device, image_size = load_model(args)
     out_dir = Path(args.output_dir)

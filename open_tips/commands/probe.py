@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+import open_tips
 from open_tips.inference.options import add_model_args, fail, input_images, output_stem
 
 FORMAT = "open_tips.probe"
@@ -74,6 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _features(model, paths, image_size, layers, with_cls, device, cache_dir=None):
     """[N, C, h, w] float32: concatenated patch tokens of ``layers`` (+ CLS1 of the last), cached."""
+    # deferred: the model stack loads once the command runs, not for `open-tips probe --help`
     import torch
 
     from open_tips.eval.features import load_image, to_pixels
@@ -108,6 +110,7 @@ def _features(model, paths, image_size, layers, with_cls, device, cache_dir=None
 
 def _read_targets(args, paths, size):
     """(kept image paths, targets tensor at ``size`` x ``size``, class names or None)."""
+    # deferred: the model stack loads once the command runs, not for `open-tips probe --help`
     import torch
 
     from open_tips.eval.depth import read_depth, resize_depth
@@ -167,6 +170,7 @@ def _read_targets(args, paths, size):
 
 
 def _loss(task: str, centres):
+    # deferred: the model stack loads once the command runs, not for `open-tips probe --help`
     import torch.nn.functional as F
 
     from open_tips.eval.depth import depth_to_bin
@@ -194,6 +198,7 @@ def _loss(task: str, centres):
 
 def decode(task: str, logits, centres):
     """Probe logits [B, C, H, W] -> labels [B, H, W] / depth [B, H, W] / unit normals [B, 3, H, W]."""
+    # deferred: the model stack loads once the command runs, not for `open-tips probe --help`
     import torch.nn.functional as F
 
     from open_tips.eval.depth import decode_expectation
@@ -206,6 +211,7 @@ def decode(task: str, logits, centres):
 
 
 def metrics(task: str, prediction, target, num_classes: int) -> dict:
+    # deferred: the model stack loads once the command runs, not for `open-tips probe --help`
     from open_tips.eval.metrics import angular_errors, confusion_matrix, depth_metrics, segmentation_metrics
 
     if task in ("seg", "fg"):
@@ -216,6 +222,7 @@ def metrics(task: str, prediction, target, num_classes: int) -> dict:
 
 
 def save_probe(path, probe, meta: dict) -> None:
+    # deferred: the model stack loads once the command runs, not for `open-tips probe --help`
     from safetensors.torch import save_file
 
     from open_tips.formats.common import atomic_write
@@ -228,6 +235,7 @@ def save_probe(path, probe, meta: dict) -> None:
 
 def load_probe(path):
     """(DenseLinearProbe, metadata dict); CheckpointError naming the file for anything else."""
+    # deferred: the model stack loads once the command runs, not for `open-tips probe --help`
     from safetensors import SafetensorError, safe_open
 
     from open_tips.eval.dense_probe import DenseLinearProbe
@@ -263,6 +271,7 @@ def _parse_layers(text: str | None, depth: int) -> list[int]:
 
 
 def run_fit(args: argparse.Namespace) -> int:
+    # deferred: the model stack loads once the command runs, not for `open-tips probe --help`
     import torch
 
     from open_tips.eval.dense_probe import fit_dense_probe, predict_chunks
@@ -340,6 +349,7 @@ def _seg_names(args, targets, names):
 
 def _fit_dpt(args, model, device, paths, size) -> int:
     """``probe fit --head dpt``: a DPT decoder on the cached outputs of four blocks."""
+    # deferred: the model stack loads once the command runs, not for `open-tips probe --help`
     import torch
 
     from open_tips.eval.features import load_image, to_pixels
@@ -397,10 +407,10 @@ def _fit_dpt(args, model, device, paths, size) -> int:
 
 
 def run_apply(args: argparse.Namespace) -> int:
+    # deferred: the model stack loads once the command runs, not for `open-tips probe --help`
     import torch
     from PIL import Image
 
-    import open_tips
     from open_tips.eval.depth import bin_centres
     from open_tips.inference.dense import label_image
     from open_tips.inference.dense_heads import (
@@ -482,6 +492,7 @@ def probe_size(meta: dict) -> int:
 
 
 def _apply_dpt(model, decoder, path, image_size: int, size: tuple[int, int]):
+    # deferred: the model stack loads once the command runs, not for `open-tips probe --help`
     from open_tips.eval.features import load_image, to_pixels
     from open_tips.inference.dpt_probe import block_tokens, predict_dpt_probe
 

@@ -79,6 +79,7 @@ def _flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
 
 def _config_error(err: Exception, source: str | None) -> CommandError:
     """One line for a config mistake; an unknown key gets the closest known ones."""
+    # deferred: torch loads once the command runs, not for `open-tips train --help`
     from open_tips.train.config import TrainConfig
 
     text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
@@ -94,6 +95,7 @@ def _config_error(err: Exception, source: str | None) -> CommandError:
 
 
 def _load(preset: str | None, yaml_path: str | Path | None, overrides: list[str]):
+    # deferred: torch loads once the command runs, not for `open-tips train --help`
     from open_tips.train.config import load_config
 
     try:
@@ -106,6 +108,7 @@ def _load(preset: str | None, yaml_path: str | Path | None, overrides: list[str]
 
 def _check_inputs(config, args: argparse.Namespace) -> None:
     """What would otherwise fail after the run directory was written to."""
+    # deferred: torch loads once the command runs, not for `open-tips train --help`
     from open_tips.data.tokenizer import Tokenizer
     from open_tips.formats.hub import looks_like_hub_id
 
@@ -125,6 +128,7 @@ def _check_inputs(config, args: argparse.Namespace) -> None:
 
 
 def _resume_config(run_dir: Path, args: argparse.Namespace, overrides: list[str]):
+    # deferred: torch loads once the command runs, not for `open-tips train --help`
     from open_tips.train.checkpoint import latest_checkpoint
 
     if args.overwrite:
@@ -181,6 +185,7 @@ def _remove(run_dir: Path, names: list[str], keep: set[Path]) -> list[str]:
 
 
 def _refuse_existing_run(run_dir: Path, config, overwrite: bool) -> None:
+    # deferred: torch loads once the command runs, not for `open-tips train --help`
     from open_tips.train.checkpoint import run_outputs
 
     found = run_outputs(run_dir)
@@ -201,6 +206,7 @@ def _remove_failed_start(run_dir: Path, before: list[str] | None, config) -> Non
     """After a start that failed before its first step: remove what it wrote (config, tokenizer, empty
     folders) and nothing that was there before, so that the corrected command runs as if the first had not
     happened."""
+    # deferred: torch loads once the command runs, not for `open-tips train --help`
     from open_tips.train.checkpoint import list_checkpoints, run_outputs
 
     if not run_dir.is_dir() or (run_dir / "metrics.jsonl").exists():
@@ -217,6 +223,7 @@ def _remove_failed_start(run_dir: Path, before: list[str] | None, config) -> Non
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred: torch loads once the command runs, not for `open-tips train --help`
     from open_tips.train.interrupt import EXIT_CODES, stop_signals_interrupt
 
     overrides = list(args.overrides)

@@ -52,6 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred: the model stack loads once the command runs, not for `open-tips zeroshot --help`
     from open_tips.formats.common import atomic_write
     from open_tips.inference.images import batched_images
     from open_tips.inference.zeroshot import (

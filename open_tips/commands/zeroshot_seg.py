@@ -56,6 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred: the model stack loads once the command runs, not for `open-tips zeroshot-seg --help`
     from open_tips.formats.common import atomic_write
     from open_tips.inference.dense import label_image, overlay_picture, segment
     from open_tips.inference.images import LOAD_ERRORS, load_image, load_image_short_side

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
+from open_tips.inference.dense import palette, upsampled_argmax
 from open_tips.models.dpt import DPTDecoder, canonical_task
 
 # ---------------------------------------------------------------------------------------------------------
@@ -116,8 +117,6 @@ def predict_dense(
 
 
 def _upsampled_argmax(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    from open_tips.inference.dense import upsampled_argmax
-
     return upsampled_argmax(scores, size)
 
 
@@ -213,8 +212,6 @@ def _legend(entries: list[tuple[tuple[int, int, int], str]], width: int) -> Imag
 
 
 def _legend_entries(labels: np.ndarray, class_names: Sequence[str], limit: int = 12):
-    from open_tips.inference.dense import palette
-
     colours = palette(len(class_names))
     present, areas = np.unique(labels, return_counts=True)
     order = np.argsort(-areas)[:limit]
@@ -232,8 +229,6 @@ def labelled_overlay(
 ) -> Image.Image:
     """ "Image" and "Segmentation" panels (labels blended over the image) with a legend of the largest
     classes underneath."""
-    from open_tips.inference.dense import palette
-
     base = image.convert("RGB").resize((labels.shape[1], labels.shape[0]), Image.BILINEAR)
     blended = Image.blend(base, Image.fromarray(palette(len(class_names))[labels]), alpha)
     panels = [_titled(base, "Image", height), _titled(blended, "Segmentation", height)]
@@ -262,8 +257,6 @@ def summary_picture(
 ) -> Image.Image:
     """Labelled panels: the image, then depth (colour-mapped, with a colour bar in metres), normals (RGB)
     and segmentation (blended over the image), for whichever outputs are given."""
-    from open_tips.inference.dense import palette
-
     size = next(iter(outputs.values())).shape[-2:]
     base = image.convert("RGB").resize((size[1], size[0]), Image.BILINEAR)
     panels = [_titled(base, "Image", height)]

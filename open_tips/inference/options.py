@@ -10,6 +10,9 @@ from typing import NoReturn
 
 import torch
 
+import open_tips
+from open_tips.inference.images import list_images
+
 
 def positive_int(text: str) -> int:
     value = int(text)
@@ -147,8 +150,6 @@ def load_checkpoint(
     vision_only: bool = False,
 ):
     """``load_pretrained``, with a one-line error instead of a traceback for a missing or bad checkpoint."""
-    import open_tips
-
     try:
         return open_tips.load_pretrained(
             path,
@@ -164,8 +165,6 @@ def load_checkpoint(
 
 def input_images(inputs: list[str]) -> list[Path]:
     """The image files named or found in folders, with a one-line error when there are none."""
-    from open_tips.inference.images import list_images
-
     try:
         return list_images(inputs)
     except (FileNotFoundError, ValueError) as err:

@@ -18,7 +18,10 @@ from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from open_tips.formats.load import load_pretrained
 from open_tips.inference.images import target_size, to_pixels
+from open_tips.models.configs import get_config
+from open_tips.models.tips import create_model
 
 RESAMPLE = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
 # Released models whose weights are on the Hugging Face hub under these ids (TIPSv2).
@@ -90,10 +93,6 @@ def create_model_and_transforms(
     model. ``load_kwargs`` go to ``load_pretrained`` (``config``, ``tokenizer``, ``revision``,
     ``vision_only`` ...). The tokenizer maps ``list[str]`` to ``(ids [B, L], padding_mask [B, L])``.
     """
-    from open_tips.formats.load import load_pretrained
-    from open_tips.models.configs import get_config
-    from open_tips.models.tips import create_model
-
     name = str(name_or_path)
     try:
         registered = None if os.path.exists(name) else get_config(name)

@@ -10,6 +10,7 @@ a config of your own); ``preset: NAME`` in a preset or a user file builds on tha
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -349,13 +350,10 @@ def load_config(
 
 
 def validate(config: TrainConfig) -> None:
-    for (
-        dotted,
-        hint,
-    ) in FIELDS.items():  # the choices: load_config has checked them, a config built in code not
+    # The choices: load_config has checked them already, a config built in code has not.
+    for dotted, hint in FIELDS.items():
         if typing.get_origin(hint) is Literal:
-            section, name = dotted.split(".")
-            value = getattr(getattr(config, section), name)
+            value = functools.reduce(getattr, dotted.split("."), config)
             if value not in typing.get_args(hint):
                 raise ValueError(f"{dotted}: {_expected(hint, value)}")
     if config.data.global_size % 14 or config.data.local_size % 14:

@@ -24,6 +24,14 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from open_tips.data.builtin import BuiltinShapes
+from open_tips.data.captions import CaptionPolicy
+from open_tips.data.collate import TIPSBatchBuilder
+from open_tips.data.crops import MultiCropTransform
+from open_tips.data.decode import SkipCounter, SkipSample, parse_metadata
+from open_tips.data.folder import FolderDataset
+from open_tips.data.masking import MaskGenerator
+from open_tips.data.shards import ShardDataset, expand_urls, iter_tar_samples
 from open_tips.models.tokenizer import Tokenizer, find_tokenizer
 from open_tips.train.config import TrainConfig
 from open_tips.train.interrupt import ignore_stop_signals
@@ -34,8 +42,6 @@ log = logging.getLogger(__name__)
 
 
 def _builtin_dataset(cfg: TrainConfig):
-    from open_tips.data.builtin import BuiltinShapes
-
     return BuiltinShapes(
         num_samples=cfg.data.num_samples,
         image_size=cfg.data.builtin_image_size,
@@ -79,11 +85,6 @@ def build_tokenizer(cfg: TrainConfig, run_dir: Path, ctx) -> Tokenizer:
 
 
 def _batch_builder(cfg: TrainConfig, tokenizer: Tokenizer):
-    from open_tips.data.captions import CaptionPolicy
-    from open_tips.data.collate import TIPSBatchBuilder
-    from open_tips.data.crops import MultiCropTransform
-    from open_tips.data.masking import MaskGenerator
-
     data = cfg.data
     crops = MultiCropTransform(
         global_size=data.global_size,
@@ -155,8 +156,6 @@ def build_train_batches(cfg: TrainConfig, tokenizer: Tokenizer, start_step: int,
             dataset = _builtin_dataset(cfg)
             templates = set(BUILTIN_TEMPLATES)
         else:
-            from open_tips.data.folder import FolderDataset
-
             dataset = FolderDataset(source, require_synthetic=cfg.data.require_synthetic)
             if ctx.is_main and dataset.splits:
                 log.info("%s: COCO splits %s", source, ", ".join(dataset.splits))
@@ -204,9 +203,6 @@ def warn_unknown_templates(weights: dict[str, float] | None, templates: set[str]
 
 def shard_templates(urls: str, limit: int = 256) -> set[str]:
     """The synthetic-caption templates of the first ``limit`` samples of the first readable shard."""
-    from open_tips.data.decode import SkipCounter, SkipSample, parse_metadata
-    from open_tips.data.shards import expand_urls, iter_tar_samples
-
     templates: set[str] = set()
     seen = 0
     for url in expand_urls(urls):
@@ -243,8 +239,6 @@ class ShardEpochBatches(IterableDataset):
         self.seed = seed
 
     def __iter__(self) -> Iterator[dict]:
-        from open_tips.data.decode import SkipCounter
-
         info = get_worker_info()
         worker = info.id if info is not None else 0
         epoch, rank = self.dataset.epoch, self.dataset.rank
@@ -268,8 +262,6 @@ class ShardEpochBatches(IterableDataset):
 
 
 def _shard_batches(cfg: TrainConfig, builder, start_step: int, ctx) -> Iterator[dict]:
-    from open_tips.data.shards import ShardDataset
-
     dataset = ShardDataset(
         cfg.data.source,
         rank=ctx.rank,

@@ -13,6 +13,7 @@ import torch.distributed as dist
 from torch import nn
 
 from open_tips.train.config import DistributedSection
+from open_tips.train.fsdp import apply_fsdp
 
 
 @dataclass
@@ -96,8 +97,6 @@ def wrap(
             find_unused_parameters=True,
         )
     if strategy == "fsdp":
-        from open_tips.train.fsdp import apply_fsdp
-
         return apply_fsdp(objective, precision)
     return objective
 

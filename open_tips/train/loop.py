@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from open_tips.data.tokenizer import Tokenizer
+from open_tips.eval.suite import evaluate_builtin
 from open_tips.formats.load import load_pretrained
 from open_tips.models.configs import get_config
 from open_tips.models.lora import merge_lora_state
@@ -39,6 +40,7 @@ from open_tips.train.metrics import MetricsLogger, plot_losses
 from open_tips.train.monitor import CollapseWatch
 from open_tips.train.objective import build_objective
 from open_tips.train.optim import build_optimizer, set_schedules
+from open_tips.train.periodic_eval import PeriodicEval
 from open_tips.train.schedules import cosine, linear_warmup, run_steps, warmup_cosine
 from open_tips.train.trainable import apply_trainable, copy_teacher_heads, hold_all_but_heads
 
@@ -446,8 +448,6 @@ def _periodic_eval(cfg: TrainConfig, ctx, device: torch.device):
         raise ValueError("train.eval_every is not supported with distributed.strategy=fsdp (use ddp)")
     if not ctx.is_main:
         return None
-    from open_tips.train.periodic_eval import PeriodicEval
-
     return PeriodicEval(
         cfg.train.eval_source,
         cfg.train.eval_tasks,
@@ -459,11 +459,6 @@ def _periodic_eval(cfg: TrainConfig, ctx, device: torch.device):
 
 
 def _evaluate(model: TIPSModel, run_dir: Path, cfg: TrainConfig, device: torch.device) -> dict | None:
-    try:
-        from open_tips.eval.suite import evaluate_builtin
-    except ImportError:
-        log.warning("evaluation suite not available; skipping the end-of-run report")
-        return None
     model.eval()
     results = evaluate_builtin(
         model, run_dir / "eval", image_size=cfg.data.global_size, device=device, seed=cfg.train.seed

@@ -22,6 +22,13 @@ from pathlib import Path
 
 import torch
 
+from open_tips.data.shards import ShardDataset
+from open_tips.eval.context import Context
+from open_tips.eval.dataset import EvalData, Split
+from open_tips.eval.features import dataset_fingerprint, has_text
+from open_tips.eval.options import EvalOptions
+from open_tips.eval.registry import EvalError, get_suite, get_task, task_names
+from open_tips.eval.suite import find_suite
 from open_tips.train.checkpoint import rng_state, set_rng_state
 
 log = logging.getLogger("open_tips.train")
@@ -42,10 +49,6 @@ def looks_like_shards(source: str) -> bool:
 def shard_eval_data(source: str, max_images: int):
     """An ``EvalData`` from WebDataset shards: web and synthetic captions per image (the web caption stands
     in for a missing synthetic one, as in training) and, when every sample has one, labels."""
-    from open_tips.data.shards import ShardDataset
-    from open_tips.eval.dataset import EvalData, Split
-    from open_tips.eval.features import dataset_fingerprint
-
     reader = ShardDataset(source, rank=0, world_size=1, shuffle_buffer=0, shuffle_shards=False)
     samples = []
     for sample in reader:
@@ -110,10 +113,6 @@ class PeriodicEval:
         seed: int = 0,
         max_images: int = 200,
     ) -> None:
-        from open_tips.eval.options import EvalOptions
-        from open_tips.eval.registry import EvalError, get_suite, task_names
-        from open_tips.eval.suite import find_suite
-
         unknown = [t for t in tasks if t not in task_names()]
         if unknown:
             raise ValueError(f"train.eval_tasks: unknown {unknown}; known: {', '.join(task_names())}")
@@ -146,9 +145,6 @@ class PeriodicEval:
         self._reported: set[str] = set()
 
     def runnable(self, model) -> list[str]:
-        from open_tips.eval.features import has_text
-        from open_tips.eval.registry import get_task
-
         names = []
         for name in self.tasks:
             task = get_task(name)
@@ -163,9 +159,6 @@ class PeriodicEval:
         return names
 
     def __call__(self, model) -> dict[str, float]:
-        from open_tips.eval.context import Context
-        from open_tips.eval.registry import get_task
-
         state = rng_state()
         was_training = model.training
         model.eval()

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from open_tips.formats.load import load_pretrained
 from open_tips.models.tips import TIPSModel
 from open_tips.models.vision import ImageEmbeddings
 from open_tips.train.config import DistillSection, TrainConfig
@@ -143,8 +144,6 @@ def load_teacher(section: DistillSection, tokenizer=None) -> TIPSModel:
     """The frozen teacher named by ``distill.teacher``; load errors name the key. With
     ``distill.text_weight > 0`` the teacher's text tower is loaded and must read the student's token ids:
     its tokenizer (when it has one) must encode like ``tokenizer``."""
-    from open_tips.formats.load import load_pretrained
-
     with_text = section.text_weight > 0
     try:
         teacher = load_pretrained(section.teacher, vision_only=not with_text)
