@@ -43,6 +43,11 @@ COCO = Path(os.environ.get("OPEN_TIPS_COCO_MINI") or ROOT.parent / "shared" / "d
 def make_shards(output: Path, limit: int | None, per_shard: int = 64) -> list[str]:
     """coco-mini captions -> JPEG shards with open-tips make-shards (the first ``limit`` images)."""
     captions = COCO / "annotations" / "captions_train2017.json"
+    if not captions.exists():  # no coco-mini here (e.g. the GPU machine): procedural 480 px JPEGs instead
+        command = [sys.executable, "-m", "open_tips.cli", "make-shards", "--input", f"builtin:{limit or 128}"]
+        command += ["--image-size", "480", "--output", str(output / "shards"), "--per-shard", str(per_shard)]
+        subprocess.run(command, check=True, capture_output=True)
+        return sorted(str(p) for p in (output / "shards").glob("*.tar"))
     if not limit:  # the COCO root: every split with a captions file
         command = [sys.executable, "-m", "open_tips.cli", "make-shards", "--input", str(COCO)]
         command += ["--output", str(output / "shards"), "--per-shard", str(per_shard)]
@@ -130,6 +135,14 @@ def open_tips_batches(urls: list[str], tokenizer, batch_size: int, cfg):
             yield batch
 
 
+def _json_members(urls: list[str]):
+    for url in urls:
+        with tarfile.open(url) as tar:
+            for member in tar:
+                if member.name.endswith(".json"):
+                    yield tar.extractfile(member)
+
+
 KEYS = (
     "global_crops",
     "local_crops",
@@ -146,7 +159,12 @@ def main(argv: list[str] | None = None) -> dict:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--preset", default="b14", help="training preset whose data recipe is used")
-    parser.add_argument("--images", type=int, default=0, help="first N coco-mini images (0: all)")
+    parser.add_argument(
+        "--images",
+        type=int,
+        default=0,
+        help="first N coco-mini images (0: all; without coco-mini: 128 procedural)",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3, help="passes over the shards per side")
     parser.add_argument("--goal", type=float, default=150.0, help="samples/s per core")
@@ -164,8 +182,8 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         urls = make_shards(work, args.images or None)
-        captions = json.loads((COCO / "annotations" / "captions_train2017.json").read_text())["annotations"]
-        Tokenizer.train([c["caption"] for c in captions], work / "tok", vocab_size=1000, max_len=64)
+        texts = [json.loads(m.read()).get("web_caption", "") for m in _json_members(urls)]
+        Tokenizer.train(texts * 4, work / "tok", vocab_size=300, max_len=64)
         tokenizer = Tokenizer(work / "tok.model", max_len=64)
         counts: dict[str, int] = {}
         first: dict[str, dict] = {}
