@@ -78,6 +78,7 @@ PRESET_VALUES = {
     "tiny-tipsv2": {
         "data.caption_weights": {"short": 0.5, "detailed": 0.5},
         "loss.ibot_all_tokens": True,
+        "loss.ssl_weight_warmup": 0.3,
         "teacher.kind": "head_ema",
     },
     "small": {
@@ -122,6 +123,7 @@ PRESET_VALUES = {
 PRESET_VALUES["b14-tipsv2"] = {
     **PRESET_VALUES["b14"],
     "loss.ibot_all_tokens": True,
+    "loss.ssl_weight_warmup": 0.3,
     "teacher.kind": "head_ema",
 }
 
