@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from open_tips.eval.features import FeatureSet, has_text
 from open_tips.eval.metrics import IGNORE
@@ -24,6 +24,8 @@ from open_tips.inference.dense import palette
 from open_tips.inference.zeroshot import TIPS_TEMPLATES, class_embeddings
 
 IGNORE_COLOUR = (255, 255, 255)
+TILE = 256  # px per panel: large enough to read a 4x4..32x32 patch map by eye
+HEADER = 32  # px of the column-title strip
 
 
 def joint_pca_rgb(patch_tokens: torch.Tensor) -> np.ndarray:
@@ -49,36 +51,55 @@ def colour_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return out
 
 
-def _grid(rows: list[list[Image.Image]], tile: int, footer: Image.Image | None = None) -> Image.Image:
+def _font(size: int) -> ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)  # Pillow's bundled scalable font: no system fonts needed
+
+
+def _grid(
+    rows: list[list[Image.Image]],
+    tile: int,
+    titles: Sequence[str] = (),
+    footer: Image.Image | None = None,
+) -> Image.Image:
+    """Panels ``tile`` px square, one row per image, the column titles on a strip above them."""
     columns = max(len(r) for r in rows)
-    height = tile * len(rows) + (footer.height if footer is not None else 0)
+    header = HEADER if titles else 0
+    height = header + tile * len(rows) + (footer.height if footer is not None else 0)
     canvas = Image.new(
         "RGB", (max(tile * columns, footer.width if footer is not None else 0), height), (255, 255, 255)
     )
+    draw = ImageDraw.Draw(canvas)
+    font = _font(16)
+    for c, title in enumerate(titles):
+        width = draw.textlength(title, font=font)
+        draw.text((c * tile + (tile - width) / 2, 8), title, fill=(0, 0, 0), font=font)
     for r, row in enumerate(rows):
         for c, picture in enumerate(row):
-            canvas.paste(picture.convert("RGB").resize((tile, tile), Image.NEAREST), (c * tile, r * tile))
+            position = (c * tile, header + r * tile)
+            canvas.paste(picture.convert("RGB").resize((tile, tile), Image.NEAREST), position)
     if footer is not None:
-        canvas.paste(footer, (0, tile * len(rows)))
+        canvas.paste(footer, (0, header + tile * len(rows)))
     return canvas
 
 
 def _legend(class_names: list[str], present: Sequence[int], width: int) -> Image.Image:
     colours = palette(len(class_names))
-    row = 16
-    legend = Image.new("RGB", (max(width, 160), row * len(present) + 8), (255, 255, 255))
+    row, per_line = 24, max(1, width // 180)  # classes side by side, 180 px each
+    lines = -(-len(present) // per_line)
+    legend = Image.new("RGB", (max(width, 180), row * lines + 12), (255, 255, 255))
     draw = ImageDraw.Draw(legend)
+    font = _font(15)
     for i, index in enumerate(present):
-        y = 4 + i * row
-        draw.rectangle([4, y, 16, y + 12], fill=tuple(int(v) for v in colours[index]), outline=(0, 0, 0))
-        draw.text((22, y), class_names[index], fill=(0, 0, 0))
+        x, y = 8 + (i % per_line) * 180, 6 + (i // per_line) * row
+        draw.rectangle([x, y, x + 16, y + 16], fill=tuple(int(v) for v in colours[index]), outline=(0, 0, 0))
+        draw.text((x + 24, y), class_names[index], fill=(0, 0, 0), font=font)
     return legend
 
 
-def pca_picture(images: Sequence[Image.Image], features: FeatureSet, tile: int = 160) -> Image.Image:
+def pca_picture(images: Sequence[Image.Image], features: FeatureSet, tile: int = TILE) -> Image.Image:
     maps = joint_pca_rgb(features.patch_tokens[: len(images)])
     rows = [[image, Image.fromarray(m)] for image, m in zip(images, maps)]
-    return _grid(rows, tile)
+    return _grid(rows, tile, titles=("image", "patch features: PCA 1-3 as RGB"))
 
 
 def segmentation_picture(
@@ -86,7 +107,7 @@ def segmentation_picture(
     truth: Sequence[np.ndarray],
     predictions: Sequence[np.ndarray],
     class_names: list[str],
-    tile: int = 160,
+    tile: int = TILE,
     alpha: float = 0.6,
 ) -> Image.Image:
     """Rows of image | ground truth over the image | prediction over the image, and a legend."""
@@ -100,7 +121,7 @@ def segmentation_picture(
             row.append(Image.blend(base, Image.fromarray(colour_labels(labels, len(class_names))), alpha))
         rows.append(row)
     legend = _legend(class_names, sorted(present), tile * 3)
-    return _grid(rows, tile, legend)
+    return _grid(rows, tile, titles=("image", "ground truth", "zero-shot prediction"), footer=legend)
 
 
 @torch.no_grad()
