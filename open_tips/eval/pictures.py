@@ -15,12 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from open_tips.eval.features import FeatureSet, has_text
 from open_tips.eval.metrics import IGNORE
 from open_tips.eval.zeroshot_seg import zeroshot_seg_labels
 from open_tips.inference.dense import palette
+from open_tips.inference.dense_heads import label_font, legend_strip
 from open_tips.inference.zeroshot import TIPS_TEMPLATES, class_embeddings
 
 IGNORE_COLOUR = (255, 255, 255)
@@ -51,10 +52,6 @@ def colour_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return out
 
 
-def _font(size: int) -> ImageFont.ImageFont:
-    return ImageFont.load_default(size=size)  # Pillow's bundled scalable font: no system fonts needed
-
-
 def _grid(
     rows: list[list[Image.Image]],
     tile: int,
@@ -69,7 +66,7 @@ def _grid(
         "RGB", (max(tile * columns, footer.width if footer is not None else 0), height), (255, 255, 255)
     )
     draw = ImageDraw.Draw(canvas)
-    font = _font(16)
+    font = label_font(16)
     for c, title in enumerate(titles):
         width = draw.textlength(title, font=font)
         draw.text((c * tile + (tile - width) / 2, 8), title, fill=(0, 0, 0), font=font)
@@ -84,16 +81,8 @@ def _grid(
 
 def _legend(class_names: list[str], present: Sequence[int], width: int) -> Image.Image:
     colours = palette(len(class_names))
-    row, per_line = 24, max(1, width // 180)  # classes side by side, 180 px each
-    lines = -(-len(present) // per_line)
-    legend = Image.new("RGB", (max(width, 180), row * lines + 12), (255, 255, 255))
-    draw = ImageDraw.Draw(legend)
-    font = _font(15)
-    for i, index in enumerate(present):
-        x, y = 8 + (i % per_line) * 180, 6 + (i // per_line) * row
-        draw.rectangle([x, y, x + 16, y + 16], fill=tuple(int(v) for v in colours[index]), outline=(0, 0, 0))
-        draw.text((x + 24, y), class_names[index], fill=(0, 0, 0), font=font)
-    return legend
+    entries = [(tuple(int(v) for v in colours[index]), class_names[index]) for index in present]
+    return legend_strip(entries, width, title="classes")
 
 
 def pca_picture(images: Sequence[Image.Image], features: FeatureSet, tile: int = TILE) -> Image.Image:

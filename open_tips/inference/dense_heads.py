@@ -159,7 +159,8 @@ def normals_rgb(normals: np.ndarray) -> np.ndarray:
     return np.clip((normals.transpose(1, 2, 0) + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
 
 
-def _font(size: int = 16):
+def label_font(size: int = 16):
+    """Pillow's bundled scalable font at ``size`` px (no system fonts needed)."""
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has only the bitmap font
@@ -172,7 +173,7 @@ def _titled(panel: Image.Image, title: str, height: int) -> Image.Image:
     scaled = panel.convert("RGB").resize((width, height), Image.BILINEAR)
     canvas = Image.new("RGB", (width, height + 28), (255, 255, 255))
     canvas.paste(scaled, (0, 28))
-    ImageDraw.Draw(canvas).text((6, 5), title, fill=(0, 0, 0), font=_font(18))
+    ImageDraw.Draw(canvas).text((6, 5), title, fill=(0, 0, 0), font=label_font(18))
     return canvas
 
 
@@ -181,7 +182,7 @@ def _colour_bar(low: float, high: float, height: int, unit: str = "m") -> Image.
     canvas = Image.new("RGB", (78, height + 28), (255, 255, 255))
     canvas.paste(Image.fromarray(bar), (4, 28))
     draw = ImageDraw.Draw(canvas)
-    font = _font(14)
+    font = label_font(14)
     for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
         y = 28 + round((1 - frac) * (height - 1))
         draw.line([(22, y), (27, y)], fill=(0, 0, 0))
@@ -191,17 +192,20 @@ def _colour_bar(low: float, high: float, height: int, unit: str = "m") -> Image.
             fill=(0, 0, 0),
             font=font,
         )
-    draw.text((4, 5), unit, fill=(0, 0, 0), font=_font(16))
+    draw.text((4, 5), unit, fill=(0, 0, 0), font=label_font(16))
     return canvas
 
 
-def _legend(entries: list[tuple[tuple[int, int, int], str]], width: int) -> Image.Image:
-    font = _font(15)
+def legend_strip(
+    entries: list[tuple[tuple[int, int, int], str]], width: int, title: str = "classes (share of pixels)"
+) -> Image.Image:
+    """A white strip ``width`` px wide: ``title``, then a colour swatch and a label per entry, in columns."""
+    font = label_font(15)
     columns = max(1, min(len(entries), width // 220, 4))
     rows = (len(entries) + columns - 1) // columns
     canvas = Image.new("RGB", (width, 30 + 22 * rows), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    draw.text((6, 4), "classes (share of pixels)", fill=(0, 0, 0), font=_font(16))
+    draw.text((6, 4), title, fill=(0, 0, 0), font=label_font(16))
     column_width = min(width // columns, 300)
     for index, (colour, text) in enumerate(entries):
         x = 6 + (index // rows) * column_width
@@ -237,7 +241,7 @@ def labelled_overlay(
 
 def _assemble(panels: list[Image.Image], legend_entries=None, gap: int = 8) -> Image.Image:
     width = sum(p.width for p in panels) + gap * (len(panels) - 1)
-    legend = _legend(legend_entries, width) if legend_entries else None
+    legend = legend_strip(legend_entries, width) if legend_entries else None
     height = max(p.height for p in panels) + (legend.height if legend else 0)
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     x = 0
