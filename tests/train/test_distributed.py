@@ -70,15 +70,12 @@ def _final_model(run_dir: Path) -> dict:
     return torch.load(latest, weights_only=True)["model"]
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_processes_match_one(tmp_path, strategy):
-    # Heads without batch norm: batch norm makes some gradients exactly zero in exact arithmetic (shifts it
-    # removes), and AdamW turns their float32 rounding noise into lr-sized steps that differ by reduction
-    # order. The cross-rank batch norm itself is checked exactly in float64 (tests/models/test_heads.py).
-    steps = ["train.steps=3", "loss.head_norm=none"]
-    _single(tmp_path / "single", steps + ["data.batch_size=8"])
+def run_and_compare_losses(tmp_path: Path, overrides: list[str], strategy: str) -> list[int]:
+    """One process at batch 8 into tmp_path/single and two at batch 4 into tmp_path/STRATEGY; asserts the
+    per-step losses agree and returns the logged steps."""
+    _single(tmp_path / "single", overrides + ["data.batch_size=8"])
     command, env = _torchrun(
-        tmp_path / strategy, steps + ["data.batch_size=4", f"distributed.strategy={strategy}"]
+        tmp_path / strategy, overrides + ["data.batch_size=4", f"distributed.strategy={strategy}"]
     )
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -88,6 +85,15 @@ def test_two_processes_match_one(tmp_path, strategy):
     for a, b in zip(single, multi):
         for key in ("loss", "loss_contrastive", "loss_distill", "loss_mask"):
             assert b[key] == pytest.approx(a[key], rel=2e-4, abs=1e-5), (key, a["step"])
+    return [r["step"] for r in single]
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_match_one(tmp_path, strategy):
+    # Heads without batch norm: batch norm makes some gradients exactly zero in exact arithmetic (shifts it
+    # removes), and AdamW turns their float32 rounding noise into lr-sized steps that differ by reduction
+    # order. The cross-rank batch norm itself is checked exactly in float64 (tests/models/test_heads.py).
+    run_and_compare_losses(tmp_path, ["train.steps=3", "loss.head_norm=none"], strategy)
     reference, other = _final_model(tmp_path / "single"), _final_model(tmp_path / strategy)
     assert reference.keys() == other.keys()
     for key in reference:

@@ -3,7 +3,6 @@ process with the same global batch, and the base weights of both towers stay exa
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,8 +11,7 @@ import torch
 import open_tips
 from open_tips.train.config import load_config
 from open_tips.train.loop import train
-from open_tips.train.metrics import read_metrics
-from tests.train.test_distributed import _final_model, _single, _torchrun
+from tests.train.test_distributed import _final_model, run_and_compare_losses
 
 LORA = [
     "model.trainable.vision=lora",
@@ -57,20 +55,8 @@ def _base_name(key: str) -> str:
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_lora_two_processes_match_one_and_keep_the_base(tmp_path, init_dir, strategy):
-    overrides = LORA + [f"model.init_from={init_dir}"]
-    _single(tmp_path / "single", overrides + ["data.batch_size=8"])
-    command, env = _torchrun(
-        tmp_path / strategy, overrides + ["data.batch_size=4", f"distributed.strategy={strategy}"]
-    )
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-    single = read_metrics(tmp_path / "single" / "metrics.jsonl")
-    multi = read_metrics(tmp_path / strategy / "metrics.jsonl")
-    assert [r["step"] for r in single] == [r["step"] for r in multi] == [0, 1, 2]
-    for a, b in zip(single, multi):
-        for key in ("loss", "loss_contrastive", "loss_distill", "loss_mask"):
-            assert b[key] == pytest.approx(a[key], rel=2e-4, abs=1e-5), (key, a["step"])
+    steps = run_and_compare_losses(tmp_path, LORA + [f"model.init_from={init_dir}"], strategy)
+    assert steps == [0, 1, 2]
 
     reference, other = _final_model(tmp_path / "single"), _final_model(tmp_path / strategy)
     assert reference.keys() == other.keys()
