@@ -17,11 +17,16 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import randomise  # noqa: E402  (shared with encode.py)
 
 
 def vision_macs(cfg, height: int, width: int) -> float:
@@ -35,19 +40,6 @@ def vision_macs(cfg, height: int, width: int) -> float:
     mlp = (3 if v.swiglu else 2) * d * v.mlp_hidden  # SwiGLU: gate + up (w12) and down (w3)
     per_block = tokens * (4 * d * d + mlp) + 2 * tokens * tokens * d
     return float(patch_embed + v.depth * per_block)
-
-
-def randomise(model: torch.nn.Module, seed: int = 0) -> None:
-    """Moves every parameter off its initial value (norm scales and LayerScale near 1, biases near 0), so
-    that the parity check would see a wrong norm, bias or LayerScale handling."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=generator)
-            if name.endswith(("gamma", "norm1.weight", "norm2.weight", "norm.weight")):
-                param.copy_(1.0 + 0.2 * noise)
-            elif name.endswith("bias"):
-                param.copy_(0.02 * noise)
 
 
 def time_once(fn: Callable[[], object], device: torch.device) -> float:

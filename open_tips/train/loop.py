@@ -236,6 +236,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
     temp_warmup = run_steps(
         cfg.loss.teacher_temp_warmup_steps, cfg.loss.teacher_temp_warmup_fraction, total_steps
     )
+    ssl_warmup_steps = cfg.loss.ssl_weight_warmup * total_steps  # unrounded: the ramp is linear in step
     step = start_step
     stop_signal: str | None = None
     stopper = GracefulStop(verbose=ctx.is_main).__enter__()  # SIGINT/SIGTERM: save and stop after a step
@@ -245,7 +246,6 @@ def train(cfg: TrainConfig, resume: bool = False, max_steps_this_run: int | None
         momentum = cosine(step, total_steps, cfg.teacher.momentum_start, cfg.teacher.momentum_end)
         teacher_temp = linear_warmup(step, temp_warmup, cfg.loss.warmup_teacher_temp, cfg.loss.teacher_temp)
         set_schedules(optimizer, lr, wd)
-        ssl_warmup_steps = cfg.loss.ssl_weight_warmup * total_steps
         ssl_scale = min(1.0, step / ssl_warmup_steps) if ssl_warmup_steps > 0 else 1.0
         ssl_scales = {"distill": ssl_scale, "mask": ssl_scale}
 
