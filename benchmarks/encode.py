@@ -62,6 +62,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast")
     parser.add_argument("--no-compile", action="store_true", help="time eager and transformers only")
+    parser.add_argument(
+        "--max-autotune",
+        action="store_true",
+        help="also time an 'autotune' side: compiled with Inductor's max_autotune (CPU: its C++ GEMM templates)",
+    )
     parser.add_argument("--compile-backend", default="inductor", help=argparse.SUPPRESS)  # tests: eager
     parser.add_argument("--gemm-ceiling", action="store_true")
     parser.add_argument("--profile", action="store_true")
@@ -83,8 +88,13 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         eager = _bench.write_random_hf(args.config, folder)
         compiled = copy.deepcopy(eager)
+        autotuned = copy.deepcopy(eager) if args.max_autotune else None
         hf = transformers.Tipsv2Model.from_pretrained(folder, attn_implementation="sdpa").eval()
     eager, compiled, hf = eager.to(device), compiled.to(device), hf.to(device)
+    if autotuned is not None:
+        autotuned.to(device).vision.forward_tokens = torch.compile(
+            autotuned.vision.forward_tokens, options={"freezing": True, "max_autotune": True}
+        )
     if not args.no_compile:
         if args.compile_backend == "inductor":
             prepare_for_inference(compiled, compile=True)
@@ -124,6 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
         }
         if not args.no_compile:
             sides["compiled"] = lambda: tokens(compiled)
+        if autotuned is not None:
+            sides["autotune"] = lambda: tokens(autotuned)
         with torch.inference_mode(), autocast:
             outputs = {name: fn().float() for name, fn in sides.items()}  # warm-up (compiles) + parity
             reference = outputs["hf"]
@@ -149,6 +161,8 @@ def main(argv: list[str] | None = None) -> dict:
         line = f"{size}px batch {batch}: hf {ips['hf']:.2f} img/s | eager {ips['eager']:.2f} ({ratio['eager']:.3f}x)"
         if "compiled" in ips:
             line += f" | compiled {ips['compiled']:.2f} ({ratio['compiled']:.3f}x)"
+        if "autotune" in ips:
+            line += f" | autotune {ips['autotune']:.2f} ({ratio['autotune']:.3f}x)"
         line += " | GFLOP/s " + ", ".join(f"{n} {g:.0f}" for n, g in row["gflop_per_s"].items())
         if peak:
             line += " | MFU " + ", ".join(f"{n} {m:.1f}%" for n, m in row["mfu_percent"].items())
