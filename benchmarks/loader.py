@@ -17,6 +17,7 @@ number: ``data.num_workers``).
 
     .venv/bin/python benchmarks/loader.py             # all of coco-mini (239 images), 3 passes per side
     .venv/bin/python benchmarks/loader.py --quick     # 32 images, 1 pass: a smoke run
+    .venv/bin/python benchmarks/loader.py --upscale 2 # 1280 x 960 photos: reduced-size decoding on vs off
 """
 
 from __future__ import annotations
@@ -40,9 +41,41 @@ ROOT = Path(__file__).resolve().parents[1]
 COCO = Path(os.environ.get("OPEN_TIPS_COCO_MINI") or ROOT.parent / "shared" / "data" / "coco-mini")
 
 
-def make_shards(output: Path, limit: int | None, per_shard: int = 64) -> list[str]:
+def make_upscaled_shards(output: Path, limit: int | None, factor: float, per_shard: int = 64) -> list[str]:
+    """coco-mini's train images resized ``factor`` x (bicubic, JPEG quality 90) with their captions: photos
+    of the size web datasets often carry (2 -> 1280 x 960)."""
+    from PIL import Image
+
+    from open_tips.data.shards import write_shards
+
+    data = json.loads((COCO / "annotations" / "captions_train2017.json").read_text())
+    captions: dict[int, list[str]] = {}
+    for ann in data["annotations"]:
+        captions.setdefault(ann["image_id"], []).append(ann["caption"])
+
+    def samples():
+        for image in data["images"][:limit]:
+            pil = Image.open(COCO / "train2017" / image["file_name"]).convert("RGB")
+            pil = pil.resize((round(pil.width * factor), round(pil.height * factor)), Image.BICUBIC)
+            buffer = io.BytesIO()
+            pil.save(buffer, format="JPEG", quality=90)
+            texts = captions.get(image["id"]) or ["a photo"]
+            yield {
+                "__key__": str(image["id"]),
+                "image": buffer.getvalue(),
+                "image_ext": "jpg",
+                "web_caption": texts[0],
+                "synthetic_captions": texts[1:],
+            }
+
+    return write_shards(samples(), str(output / "shards" / "up-%06d.tar"), max_per_shard=per_shard)
+
+
+def make_shards(output: Path, limit: int | None, per_shard: int = 64, upscale: float = 1.0) -> list[str]:
     """coco-mini captions -> JPEG shards with open-tips make-shards (the first ``limit`` images)."""
     captions = COCO / "annotations" / "captions_train2017.json"
+    if upscale != 1.0 and captions.exists():
+        return make_upscaled_shards(output, limit, upscale, per_shard)
     if not captions.exists():  # no coco-mini here (e.g. the GPU machine): procedural 480 px JPEGs instead
         command = [sys.executable, "-m", "open_tips.cli", "make-shards", "--input", f"builtin:{limit or 128}"]
         command += ["--image-size", "480", "--output", str(output / "shards"), "--per-shard", str(per_shard)]
@@ -125,11 +158,16 @@ def plain_batches(urls: list[str], tokenizer, batch_size: int, cfg):
 
 def open_tips_batches(urls: list[str], tokenizer, batch_size: int, cfg):
     from open_tips.data.shards import ShardDataset
-    from open_tips.train.data import ShardEpochBatches, _batch_builder
+    from open_tips.train.data import ShardEpochBatches, _batch_builder, decode_crops
 
-    dataset = ShardDataset(
-        urls, rank=0, world_size=1, shuffle_shards=False, image_type="tensor"
-    )  # as training
+    dataset = ShardDataset(  # as training reads shards
+        urls,
+        rank=0,
+        world_size=1,
+        shuffle_shards=False,
+        image_type="tensor",
+        decode_crops=decode_crops(cfg.data),
+    )
     for batch in ShardEpochBatches(dataset, _batch_builder(cfg, tokenizer), batch_size, seed=0):
         if "__reader_counts__" not in batch:
             yield batch
@@ -165,6 +203,13 @@ def main(argv: list[str] | None = None) -> dict:
         default=0,
         help="first N coco-mini images (0: all; without coco-mini: 128 procedural)",
     )
+    parser.add_argument(
+        "--upscale",
+        type=float,
+        default=1.0,
+        help="resize the coco-mini images by this factor first (2: 1280 x 960, where reduced-size JPEG "
+        "decoding applies); adds an 'open_tips_full' side with data.reduced_decode=false",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3, help="passes over the shards per side")
     parser.add_argument("--goal", type=float, default=150.0, help="samples/s per core")
@@ -181,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(args.preset)
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        urls = make_shards(work, args.images or None)
+        urls = make_shards(work, args.images or None, upscale=args.upscale)
         texts = [json.loads(m.read()).get("web_caption", "") for m in _json_members(urls)]
         Tokenizer.train(texts * 4, work / "tok", vocab_size=300, max_len=64)
         tokenizer = Tokenizer(work / "tok.model", max_len=64)
@@ -198,16 +243,18 @@ def main(argv: list[str] | None = None) -> dict:
 
             return run
 
-        for make in (open_tips_batches, plain_batches):  # warm-up: imports, first-call allocations
+        makers = {"open_tips": open_tips_batches, "plain": plain_batches}
+        if args.upscale != 1.0:
+            full_cfg = load_config(args.preset, overrides=["data.reduced_decode=false"])
+            makers["open_tips_full"] = lambda u, t, b, _cfg: open_tips_batches(u, t, b, full_cfg)
+        for make in makers.values():  # warm-up: imports, first-call allocations
             next(iter(make(urls, tokenizer, args.batch_size, cfg)))
-        times = _bench.paired(
-            {"open_tips": side("open_tips", open_tips_batches), "plain": side("plain", plain_batches)},
-            args.repeats,
-        )
+        times = _bench.paired({name: side(name, make) for name, make in makers.items()}, args.repeats)
     rate = {name: counts[name] / _bench.median(t) for name, t in times.items()}
     result = {
         "benchmark": "loader",
         "preset": args.preset,
+        "upscale": args.upscale,
         "recipe": f"1 x {cfg.data.global_size} + {cfg.data.num_local} x {cfg.data.local_size} px, mask "
         f"{cfg.data.mask_ratio}, 2 captions x 64 tokens",
         "samples_per_pass": counts,
@@ -215,6 +262,11 @@ def main(argv: list[str] | None = None) -> dict:
         # the fastest pass: the least disturbed by other processes on a shared CPU
         "best_pass_samples_per_s_per_core": {n: counts[n] / min(t) for n, t in times.items()},
         "ratio_vs_plain": _bench.paired_ratio(times, "open_tips", "plain"),
+        **(
+            {"ratio_reduced_vs_full_decode": _bench.paired_ratio(times, "open_tips", "open_tips_full")}
+            if "open_tips_full" in times
+            else {}
+        ),
         "goal_per_core": args.goal,
         "shapes": {n: {k: list(b[k].shape) for k in KEYS} for n, b in first.items()},
         "dtypes": {n: {k: str(b[k].dtype) for k in KEYS} for n, b in first.items()},
@@ -224,8 +276,10 @@ def main(argv: list[str] | None = None) -> dict:
     for name, value in rate.items():
         best = result["best_pass_samples_per_s_per_core"][name]
         print(
-            f"{name:10} {value:7.1f} samples/s/core, best pass {best:7.1f}  ({counts[name]} samples a pass)"
+            f"{name:14} {value:7.1f} samples/s/core, best pass {best:7.1f}  ({counts[name]} samples a pass)"
         )
+    if "ratio_reduced_vs_full_decode" in result:
+        print(f"reduced-size decoding: {result['ratio_reduced_vs_full_decode']:.3f}x the full decode")
     print(
         f"ratio open_tips/plain {result['ratio_vs_plain']:.3f}x; goal {args.goal:.0f} samples/s/core: "
         f"{'met' if rate['open_tips'] >= args.goal else 'not met'}\n{result['load']}"

@@ -19,8 +19,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -129,7 +131,29 @@ def decode_image(
         raise SkipSample("unsupported_mode", f"{image.mode}: {err}") from err
 
 
-def _decode_jpeg_tensor(data: bytes, max_pixels: int | None, min_side: int):
+# RandomResizedCrop's default aspect-ratio range is 3/4 .. 4/3: a box of area fraction s has sides of at
+# least sqrt(s * area * 3/4).
+_MIN_ASPECT = 3.0 / 4.0
+DCT_SCALES = (8, 4, 2)  # libjpeg decodes at 1/8, 1/4 or 1/2 size almost for free (scaled IDCT)
+
+
+def jpeg_scale_for(width: int, height: int, crops: Sequence[tuple[int, float]]) -> int:
+    """The largest JPEG downscale (1, 2, 4 or 8) at which every box that ``RandomResizedCrop(size,
+    scale=(min_scale, ...))`` can draw on a ``width`` x ``height`` image still has at least ``size`` pixels on
+    both sides, for each ``(size, min_scale)`` in ``crops``: decoding that much smaller changes no crop from a
+    downscale into an upscale. Drawn boxes have sides >= sqrt(min_scale * area * 3/4); the fallback box
+    (the whole image, cut to the aspect range) has its short side >= the image's."""
+    area, short = width * height, min(width, height)
+    smallest = min(
+        (min(math.sqrt(min_scale * area * _MIN_ASPECT), short) / size for size, min_scale in crops),
+        default=1.0,
+    )
+    return next((d for d in DCT_SCALES if smallest >= d), 1)
+
+
+def _decode_jpeg_tensor(
+    data: bytes, max_pixels: int | None, min_side: int, crops: Sequence[tuple[int, float]] | None
+):
     """The libjpeg-turbo path of ``decode_image_tensor``; None where PIL should decide instead."""
     if decode_jpeg is None or data[:3] != b"\xff\xd8\xff" or data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
         return None  # not a JPEG, or truncated (no end marker): PIL reports it as PIL would
@@ -142,6 +166,13 @@ def _decode_jpeg_tensor(data: bytes, max_pixels: int | None, min_side: int):
         return None  # CMYK / YCCK and friends: PIL's conversion
     if max_pixels is not None and width * height > max_pixels:
         raise SkipSample("image_too_large", f"{width}x{height} > {max_pixels} pixels")
+    scale = jpeg_scale_for(width, height, crops) if crops else 1
+    if scale > 1:
+        # torchvision's decode_jpeg has no scaled decoding; PIL's draft mode is libjpeg's scaled IDCT.
+        # Area and short side do not change with the EXIF rotation, so the scale holds after it.
+        return pil_to_tensor(
+            decode_image(data, max_pixels, min_side, draft_side=-(-min(width, height) // scale))
+        )
     try:
         pixels = decode_jpeg(
             torch.frombuffer(bytearray(data), dtype=torch.uint8),
@@ -155,14 +186,24 @@ def _decode_jpeg_tensor(data: bytes, max_pixels: int | None, min_side: int):
     return pixels
 
 
-def decode_image_tensor(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE):
+def decode_image_tensor(
+    data: bytes,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    min_side: int = MIN_SIDE,
+    crops: Sequence[tuple[int, float]] | None = None,
+):
     """Encoded bytes -> uint8 RGB tensor [3, H, W], or SkipSample; the training loader's decoder.
 
     Complete RGB / greyscale JPEGs go through ``torchvision.io.decode_jpeg`` (libjpeg-turbo straight into a
     tensor, EXIF orientation applied; no PIL image, no copy into a tensor afterwards); everything else
     (other formats, CMYK, truncated or damaged files) through ``decode_image``, so the skip reasons and
-    limits are the same as there. Pixels agree with PIL's decoding up to the decoders' IDCT rounding."""
-    pixels = _decode_jpeg_tensor(data, max_pixels, min_side)
+    limits are the same as there. Pixels agree with PIL's decoding up to the decoders' IDCT rounding.
+
+    ``crops``: the ``(output size, min area fraction)`` of the random resized crops the image is for. A JPEG
+    large enough for them is decoded at 1/2, 1/4 or 1/8 size (``jpeg_scale_for``), which costs a fraction
+    of a full decode; every crop is still a downscale. For the B/14 recipe (98 px local crops from 5 % of
+    the image) that needs about 1 megapixel: COCO's 640 x 480 decodes at full size, 1280 x 960 at 1/2."""
+    pixels = _decode_jpeg_tensor(data, max_pixels, min_side, crops)
     if pixels is not None:
         return pixels
     return pil_to_tensor(decode_image(data, max_pixels, min_side))

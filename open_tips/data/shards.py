@@ -31,7 +31,7 @@ import random
 import re
 import tarfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import braceexpand
@@ -283,7 +283,9 @@ class ShardDataset(IterableDataset):
     Call ``set_epoch(epoch)`` before each pass. ``max_pixels``: decompression-bomb limit (None = none).
     ``require_synthetic``: skip (as ``missing_synthetic_caption``) samples without a synthetic caption.
     ``image_type``: "pil" (a PIL image, ``decode_image``) or "tensor" (a uint8 [3, H, W] tensor,
-    ``decode_image_tensor``: libjpeg-turbo straight into a tensor; what training reads)."""
+    ``decode_image_tensor``: libjpeg-turbo straight into a tensor; what training reads). ``decode_crops``
+    (with "tensor"): the ``(output size, min area fraction)`` of the crops the images feed; large JPEGs are
+    then decoded at a reduced scale that keeps every crop a downscale (``decode.jpeg_scale_for``)."""
 
     def __init__(
         self,
@@ -297,6 +299,7 @@ class ShardDataset(IterableDataset):
         shuffle_shards: bool = True,
         require_synthetic: bool = False,
         image_type: str = "pil",
+        decode_crops: Sequence[tuple[int, float]] | None = None,
     ) -> None:
         super().__init__()
         self.urls = expand_urls(urls)
@@ -320,6 +323,7 @@ class ShardDataset(IterableDataset):
         if image_type not in ("pil", "tensor"):
             raise ValueError(f"image_type must be 'pil' or 'tensor', got {image_type!r}")
         self.image_type = image_type
+        self.decode_crops = list(decode_crops) if decode_crops else None
         self.epoch = 0
         self.skipped = SkipCounter()
 
@@ -360,7 +364,7 @@ class ShardDataset(IterableDataset):
         if self.require_synthetic and not meta["synthetic_captions"]:
             raise SkipSample("missing_synthetic_caption", key)
         if self.image_type == "tensor":
-            meta["image"] = decode_image_tensor(raw[image_ext], self.max_pixels)
+            meta["image"] = decode_image_tensor(raw[image_ext], self.max_pixels, crops=self.decode_crops)
         else:
             meta["image"] = decode_image(raw[image_ext], self.max_pixels)
         meta["__key__"] = key

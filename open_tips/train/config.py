@@ -69,6 +69,9 @@ class DataSection:
     num_local: int = 2
     global_scale: tuple[float, float] = (0.4, 1.0)
     local_scale: tuple[float, float] = (0.1, 0.4)
+    # JPEG shards: decode large images at 1/2, 1/4 or 1/8 size where every crop stays a downscale
+    # (libjpeg's scaled IDCT; open_tips.data.decode.jpeg_scale_for). false: always full size.
+    reduced_decode: bool = True
     mask_kind: Literal["random", "block"] = "random"
     mask_ratio: float = 0.75
     mask_probability: float = 1.0  # fraction of images that get a mask

@@ -261,6 +261,14 @@ class ShardEpochBatches(IterableDataset):
         yield {"__reader_counts__": {reader_id: dict(self.dataset.skipped)}}
 
 
+def decode_crops(data) -> list[tuple[int, float]] | None:
+    """``(size, min area fraction)`` of the run's crops, for the reduced-size JPEG decoding of shards."""
+    if not data.reduced_decode:
+        return None
+    crops = [(data.global_size, data.global_scale[0])]
+    return crops + [(data.local_size, data.local_scale[0])] if data.num_local else crops
+
+
 def _shard_batches(cfg: TrainConfig, builder, start_step: int, ctx) -> Iterator[dict]:
     dataset = ShardDataset(
         cfg.data.source,
@@ -271,6 +279,7 @@ def _shard_batches(cfg: TrainConfig, builder, start_step: int, ctx) -> Iterator[
         resample=cfg.data.resample,
         require_synthetic=cfg.data.require_synthetic,
         image_type="tensor",  # libjpeg-turbo into uint8 tensors; the crops stay uint8 until the end
+        decode_crops=decode_crops(cfg.data),
     )
     if ctx.is_main and cfg.data.caption_weights:
         warn_unknown_templates(cfg.data.caption_weights, shard_templates(cfg.data.source), cfg.data.source)
