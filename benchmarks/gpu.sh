@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU measurements of issue 16 in one prepared script (< 6 min on one H100/H200: per-step caps of 340 s
+# The GPU measurements of issue 16 in one prepared script (< 6 min on one H100/H200: per-step caps of 355 s
 # in all), each writing JSON to
 # $OUT (default ./gpu_results):
 #   encode_b14_448.json, encode_l14_448.json  bf16 encode: open_tips eager / compiled vs transformers, MFU
@@ -7,6 +7,7 @@
 #   ema_memory.json                           peak memory, full EMA teacher (b14) vs head-only EMA (TIPSv2)
 #   fsdp_1gpu.json                            torchrun, one process, distributed.strategy=fsdp (FSDP2)
 #   loader.json                               data loader samples/s per core (CPU side of the machine)
+#   dtype_cuda.xml                            tests/cli/test_dtype.py on the GPU: --dtype / --compile results
 #   summary.json                              every step's status and seconds
 #
 #   bash benchmarks/gpu.sh              # on the GPU machine
@@ -35,6 +36,7 @@ if (( DRY )); then
   DEVICE=cpu; B14=tiny; L14=tiny; ENC_ARGS=(--quick --compile-backend eager); L14_ARGS=(--no-compile)
   # per-step time limits (s): generous on a shared CPU
   LIM_ENC_B=240; LIM_ENC_L=240; LIM_TRAIN=240; LIM_TRAIN2=240; LIM_MEM=240; LIM_FSDP=240; LIM_LOADER=240
+  LIM_DTYPE=400
   FSDP_TRAIN=()
   TRAIN_PRESETS=(tiny tiny-tipsv2)
   TRAIN=(train.steps=4 train.log_every=2 data.batch_size=4 data.num_samples=64 model.compile=false
@@ -43,8 +45,9 @@ if (( DRY )); then
   LOADER=(--quick)
 else
   DEVICE=cuda; B14=tipsv2-b14; L14=tipsv2-l14; ENC_ARGS=(--repeats 8); L14_ARGS=(--no-compile)
-  # per-step caps (s), 340 in all: the 6-minute budget; the second training run reuses Inductor's cache
-  LIM_ENC_B=70; LIM_ENC_L=50; LIM_TRAIN=75; LIM_TRAIN2=60; LIM_MEM=35; LIM_FSDP=30; LIM_LOADER=20
+  # per-step caps (s), 355 in all: the 6-minute budget; the second training run reuses Inductor's cache
+  LIM_ENC_B=55; LIM_ENC_L=45; LIM_TRAIN=70; LIM_TRAIN2=55; LIM_MEM=30; LIM_FSDP=25; LIM_LOADER=15
+  LIM_DTYPE=60
   FSDP_TRAIN=(model.compile=false train.steps=10 train.log_every=5)
   TRAIN_PRESETS=(b14 b14-tipsv2)
   TRAIN=(train.steps=30 train.log_every=10 data.batch_size=64 data.num_samples=1024 model.compile=true
@@ -133,6 +136,12 @@ step fsdp_1gpu "$LIM_FSDP" "$PY" -m torch.distributed.run --nproc_per_node=1 --m
 
 # 5. data loader samples/s per core (the machine's CPUs; x data.num_workers cores feed the GPU)
 step loader "$LIM_LOADER" "$PY" benchmarks/loader.py --json "$OUT/loader.json" "${LOADER[@]}"
+
+# 6. --dtype bf16/fp16 and --compile of the inference commands on this device: the CPU tests, run here
+# (with the real-compiler one, slow on a CPU; left out of the dry run)
+DTYPE_MARK="slow or not slow"; (( DRY )) && DTYPE_MARK="not slow"
+step "dtype_$DEVICE" "$LIM_DTYPE" env OPEN_TIPS_TEST_DEVICE="$DEVICE" "$PY" -m pytest -q -p no:cacheprovider \
+  -m "$DTYPE_MARK" tests/cli/test_dtype.py --junitxml="$OUT/dtype_$DEVICE.xml"
 
 "$PY" - "$SUMMARY" "$OUT/summary.json" <<'EOF'
 import json, sys

@@ -119,7 +119,7 @@ def test_gpu_script_dry_run(tmp_path):
         "ema_memory",
         "fsdp_1gpu",
     }
-    expected = set(always)
+    expected = set(always) | {"dtype_cpu"}
     if (COCO_MINI / "train2017").is_dir():
         expected.add("loader")
     failed = {row["step"]: row["log_tail"] for row in summary["steps"] if row["rc"]}

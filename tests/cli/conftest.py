@@ -4,6 +4,7 @@ folder of real COCO images plus one corrupt file."""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,11 @@ from tests.helpers import make_tiny_checkpoint
 
 COCO = COCO_MINI / "val2017"
 NUM_IMAGES = 3
+# The commands' device: cpu, or $OPEN_TIPS_TEST_DEVICE (benchmarks/gpu.sh runs the --dtype / --compile tests
+# with cuda; the tests that compare against the in-process CPU model expect cpu).
+DEVICE = os.environ.get("OPEN_TIPS_TEST_DEVICE", "cpu")
 # --config tiny: heads cannot be read off the weights at width 64.
-COMMON = ["--config", "tiny", "--device", "cpu", "--image-size", "56"]
+COMMON = ["--config", "tiny", "--device", DEVICE, "--image-size", "56"]
 
 
 @pytest.fixture(scope="session")
