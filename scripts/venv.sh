@@ -13,7 +13,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$venv/bin/python" -m pip install --quiet --upgrade pip
   "$venv/bin/python" -m pip install --quiet -e "$root[test]"
   # The CLIP_benchmark test uses its loader, datasets and retrieval metric only; --no-deps skips
-  # pycocoevalcap (104 MB, for its captioning metrics). Its other needs (open_clip) are test extras.
+  # pycocoevalcap (104 MB, for its captioning metrics). Its other needs (open_clip, requests) are test extras.
   "$venv/bin/python" -m pip install --quiet --no-deps "clip-benchmark==1.6.2"
   echo "$want" > "$stamp"
 fi
