@@ -193,9 +193,20 @@ class DistillSection:
     patch_weight: float = 1.0
     # > 0: the pooled text embeddings too (the teacher needs a text tower and the run's tokenizer)
     text_weight: float = 0.0
+    # > 0: KL between the teacher's and the student's in-batch image-text similarity distributions (both
+    # directions, at the teacher's temperature; CLIP-KD's logit distillation). Needs the teacher's text.
+    logit_weight: float = 0.0
+    # > 0: CLIP-KD's interactive contrastive loss: student image vs teacher text, teacher image vs student
+    # text (through the projections when widths differ).
+    interactive_weight: float = 0.0
     loss: Literal["cosine", "smooth_l1"] = "cosine"
     combine_with_tips: bool = True  # false: only feature distillation (+ contrastive, below)
     contrastive: bool = True  # with combine_with_tips=false: keep the image-text contrastive term
+
+    @property
+    def reads_teacher_text(self) -> bool:
+        """Whether a term runs the teacher's text tower on the student's token ids."""
+        return self.text_weight > 0 or self.logit_weight > 0 or self.interactive_weight > 0
 
 
 @dataclass
@@ -372,9 +383,12 @@ def validate(config: TrainConfig) -> None:
     if config.train.eval_every < 0:
         raise ValueError(f"train.eval_every must be >= 0, got {config.train.eval_every}")
     if config.distill.teacher and not config.distill.combine_with_tips and not config.distill.contrastive:
-        weights = (config.distill.cls_weight, config.distill.patch_weight, config.distill.text_weight)
-        if max(weights) <= 0:
-            raise ValueError("distill: every term is off (set distill.cls/patch/text_weight > 0)")
+        section = config.distill
+        weights = (section.cls_weight, section.patch_weight, section.text_weight, section.logit_weight)
+        if max(*weights, section.interactive_weight) <= 0:
+            raise ValueError(
+                "distill: every term is off (set distill.cls/patch/text/logit/interactive_weight > 0)"
+            )
     only_features = bool(config.distill.teacher) and not config.distill.combine_with_tips
     if config.loss.distill and config.data.num_local == 0 and not only_features:
         raise ValueError("loss.distill needs local crops: set data.num_local > 0 or loss.distill=false")

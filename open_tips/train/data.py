@@ -32,6 +32,8 @@ from open_tips.data.decode import SkipCounter, SkipSample, parse_metadata
 from open_tips.data.folder import FolderDataset
 from open_tips.data.masking import MaskGenerator
 from open_tips.data.shards import ShardDataset, expand_urls, iter_tar_samples
+from open_tips.formats.common import CheckpointError
+from open_tips.formats.hub import looks_like_hub_id, resolve_hub_id
 from open_tips.models.tokenizer import Tokenizer, find_tokenizer
 from open_tips.train.config import TrainConfig
 from open_tips.train.interrupt import ignore_stop_signals
@@ -73,6 +75,11 @@ def build_tokenizer(cfg: TrainConfig, run_dir: Path, ctx) -> Tokenizer:
         if found is not None:
             return Tokenizer(found, max_len=max_len)
         raise ValueError(f"{cfg.model.init_from}: no tokenizer.model next to it; set data.tokenizer")
+    if cfg.distill.teacher and cfg.distill.reads_teacher_text:
+        # The teacher's text tower reads the student's ids: by default they are the teacher's own.
+        found = _teacher_tokenizer(cfg.distill.teacher)
+        if found is not None:
+            return Tokenizer(found, max_len=max_len)
     if cfg.data.source != "builtin":
         raise ValueError("data.tokenizer is required for data other than the built-in dataset")
     path = run_dir / "tokenizer.model"
@@ -82,6 +89,17 @@ def build_tokenizer(cfg: TrainConfig, run_dir: Path, ctx) -> Tokenizer:
         Tokenizer.train(texts, run_dir / "tokenizer", vocab_size=cfg.data.tokenizer_vocab, max_len=max_len)
     ctx.barrier()
     return Tokenizer(path, max_len=max_len)
+
+
+def _teacher_tokenizer(teacher: str) -> Path | None:
+    """The ``tokenizer.model`` beside ``distill.teacher`` (a local path or a cached / downloadable hub id)."""
+    path = Path(teacher)
+    if not path.exists() and looks_like_hub_id(teacher):
+        try:
+            path = resolve_hub_id(teacher)
+        except CheckpointError as err:
+            raise ValueError(f"distill.teacher={teacher}: {err}") from err
+    return find_tokenizer(path if path.is_dir() else path.parent)
 
 
 def _batch_builder(cfg: TrainConfig, tokenizer: Tokenizer):

@@ -8,9 +8,17 @@ and out of DDP / FSDP wrapping; it follows the student's device on first use. Wh
 from the student's, learned linear projections (student width -> teacher width) belong to the term, so they
 are saved in checkpoints and resumed with the objective.
 
+Besides feature mimicry, two terms from the CLIP distillation literature (CLIP-KD, Yang et al. 2024;
+TinyCLIP) use the teacher's text tower too: *logit* (relational) distillation, the KL divergence between the
+teacher's and the student's in-batch image-text similarity distributions (both directions, both at the
+teacher's temperature), and *interactive* contrastive losses (the student's image embeddings against the
+teacher's text embeddings and the teacher's image embeddings against the student's text ones, after the
+projections when widths differ). Both need no labels beyond the batch's own pairing and need the teacher to
+read the student's token ids (same tokenizer).
+
 TIPS made its S/B/L models by distilling from g/14; how is not published. Choices: the student's clean global
 crop (not the local or masked crops) is matched; the cosine loss compares directions (features L2-normalised),
-smooth-L1 compares raw post-norm values.
+smooth-L1 compares raw post-norm values; the relational terms use the local batch (no cross-rank gather).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from open_tips.formats.load import load_pretrained
+from open_tips.losses.contrastive import clip_loss
 from open_tips.models.tips import TIPSModel
 from open_tips.models.vision import ImageEmbeddings
 from open_tips.train.config import DistillSection, TrainConfig
@@ -39,11 +48,38 @@ def feature_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str) -> tor
     raise ValueError(f"distill.loss: {kind!r} is not one of {', '.join(LOSSES)}")
 
 
+def logit_distill_loss(
+    student_image: torch.Tensor,
+    student_text: torch.Tensor,
+    teacher_image: torch.Tensor,
+    teacher_text: torch.Tensor,
+    temperature: float | torch.Tensor,
+) -> torch.Tensor:
+    """Relational distillation: mean of KL(teacher || student) over the rows (image -> text) and the columns
+    (text -> image) of the in-batch cosine-similarity matrices, both divided by ``temperature``. Zero when
+    the student's similarities equal the teacher's; gradient only to the student's embeddings."""
+    with torch.autocast(student_image.device.type, enabled=False):
+        student = F.normalize(student_image.float(), dim=-1) @ F.normalize(student_text.float(), dim=-1).T
+        with torch.no_grad():
+            teacher = F.normalize(teacher_image.float(), dim=-1) @ F.normalize(teacher_text.float(), dim=-1).T
+        student, teacher = student / temperature, teacher / temperature
+        losses = [
+            F.kl_div(
+                F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1), log_target=True, reduction="batchmean"
+            )
+            for s, t in ((student, teacher), (student.T, teacher.T))
+        ]
+        return 0.5 * (losses[0] + losses[1])
+
+
 class FeatureDistillTerm(Term):
     """``cls_weight * mean(loss(cls_web), loss(cls_synthetic)) + patch_weight * loss(patch tokens)``, plus
-    ``text_weight * mean(loss(pooled text))`` over the caption kinds when ``text_weight > 0``.
+    ``text_weight * mean(loss(pooled text))`` over the caption kinds when ``text_weight > 0``, plus
+    ``logit_weight * mean(logit_distill_loss)`` and ``interactive_weight * mean(interactive contrastive)``
+    over the image-text ``pairs`` (CLS field, caption kind) when those weights are > 0.
 
-    Logged: ``fdistill_cls``, ``fdistill_patch`` and ``fdistill_text`` (unweighted)."""
+    Logged: ``fdistill_cls``, ``fdistill_patch``, ``fdistill_text``, ``fdistill_logit`` and
+    ``fdistill_interactive`` (unweighted)."""
 
     def __init__(
         self,
@@ -55,13 +91,23 @@ class FeatureDistillTerm(Term):
         loss: str = "cosine",
         text_weight: float = 0.0,
         captions: tuple[str, ...] = ("web", "synthetic"),
+        logit_weight: float = 0.0,
+        interactive_weight: float = 0.0,
+        pairs: tuple[tuple[str, str], ...] = (("cls_web", "web"), ("cls_synthetic", "synthetic")),
     ) -> None:
         super().__init__()
         self.text_weight = float(text_weight)
-        self.captions = tuple(captions) if self.text_weight > 0 else ()
+        self.logit_weight, self.interactive_weight = float(logit_weight), float(interactive_weight)
+        relational = self.logit_weight > 0 or self.interactive_weight > 0
+        self.pairs = tuple(pairs) if relational else ()
+        kinds = (tuple(captions) if self.text_weight > 0 else ()) + tuple(k for _, k in self.pairs)
+        self.captions = tuple(dict.fromkeys(kinds))  # every caption kind whose teacher text is needed
+        self.mimic_captions = tuple(captions) if self.text_weight > 0 else ()
         self.needs = frozenset({"clean"} | {f"text:{kind}" for kind in self.captions})
-        if self.text_weight > 0 and teacher.text is None:
-            raise ValueError("distill.text_weight > 0 needs a teacher with a text tower")
+        if (self.text_weight > 0 or relational) and teacher.text is None:
+            raise ValueError(
+                "distill.text_weight, logit_weight and interactive_weight > 0 need a teacher with a text tower"
+            )
         if loss not in LOSSES:
             raise ValueError(f"distill.loss: {loss!r} is not one of {', '.join(LOSSES)}")
         teacher.requires_grad_(False)
@@ -74,9 +120,13 @@ class FeatureDistillTerm(Term):
         # (the CLS tokens are trained against text, the patches only through MIM).
         self.proj_cls = nn.Linear(student_width, width) if width != student_width else None
         self.proj_patch = nn.Linear(student_width, width) if width != student_width else None
+        # Student text -> teacher space: for text mimicry and for the teacher-image vs student-text loss.
+        needs_text_map = self.text_weight > 0 or self.interactive_weight > 0
         self.proj_text = (
-            nn.Linear(student_width, width) if width != student_width and self.text_weight > 0 else None
+            nn.Linear(student_width, width) if width != student_width and needs_text_map else None
         )
+        # The teacher's own temperature, fixed: the scale its similarity distributions were trained at.
+        self.teacher_temperature = float(teacher.temperature.detach().reshape(()))
 
     def train(self, mode: bool = True) -> FeatureDistillTerm:
         super().train(mode)
@@ -119,21 +169,61 @@ class FeatureDistillTerm(Term):
         patch_loss = feature_loss(project_patch(student.patch_tokens), target.patch_tokens, self.kind)
         loss = self.cls_weight * cls_loss + self.patch_weight * patch_loss
         out = {"fdistill_cls": cls_loss.detach(), "fdistill_patch": patch_loss.detach()}
-        if self.captions:
-            project_text = self.proj_text or nn.Identity()
-            with torch.no_grad():
-                targets = [
-                    self.teacher_model.text(views.text_ids[kind], views.text_padding[kind])
-                    for kind in self.captions
-                ]
+        if not self.captions:
+            return {"loss": loss, **out}
+        project_text = self.proj_text or nn.Identity()
+        with torch.no_grad():
+            teacher_text = {
+                kind: self.teacher_model.text(views.text_ids[kind], views.text_padding[kind])
+                for kind in self.captions
+            }
+        if self.mimic_captions:
             text_loss = torch.stack(
                 [
-                    feature_loss(project_text(views.text[kind]), target, self.kind)
-                    for kind, target in zip(self.captions, targets)
+                    feature_loss(project_text(views.text[kind]), teacher_text[kind], self.kind)
+                    for kind in self.mimic_captions
                 ]
             ).mean()
             loss = loss + self.text_weight * text_loss
             out["fdistill_text"] = text_loss.detach()
+        if self.logit_weight > 0:
+            logit_loss = torch.stack(
+                [
+                    logit_distill_loss(
+                        getattr(student, name),
+                        views.text[kind],
+                        getattr(target, name),
+                        teacher_text[kind],
+                        self.teacher_temperature,
+                    )
+                    for name, kind in self.pairs
+                ]
+            ).mean()
+            loss = loss + self.logit_weight * logit_loss
+            out["fdistill_logit"] = logit_loss.detach()
+        if self.interactive_weight > 0:
+            # CLIP-KD's ICL: each student tower contrasted against the other tower's teacher embeddings.
+            values = []
+            for name, kind in self.pairs:
+                values.append(
+                    clip_loss(
+                        project_cls(getattr(student, name)),
+                        teacher_text[kind],
+                        self.teacher_temperature,
+                        gather=False,
+                    )
+                )
+                values.append(
+                    clip_loss(
+                        getattr(target, name),
+                        project_text(views.text[kind]),
+                        self.teacher_temperature,
+                        gather=False,
+                    )
+                )
+            interactive = torch.stack(values).mean()
+            loss = loss + self.interactive_weight * interactive
+            out["fdistill_interactive"] = interactive.detach()
         return {"loss": loss, **out}
 
 
@@ -142,21 +232,25 @@ _PROBE_TEXTS = ("a photo of a red circle.", "Two small BLUE squares next to a la
 
 def load_teacher(section: DistillSection, tokenizer=None) -> TIPSModel:
     """The frozen teacher named by ``distill.teacher``; load errors name the key. With
-    ``distill.text_weight > 0`` the teacher's text tower is loaded and must read the student's token ids:
-    its tokenizer (when it has one) must encode like ``tokenizer``."""
-    with_text = section.text_weight > 0
+    ``distill.text_weight``, ``logit_weight`` or ``interactive_weight`` > 0 the teacher's text tower is loaded
+    and must read the student's token ids: its tokenizer (when it has one) must encode like ``tokenizer``."""
+    with_text = section.reads_teacher_text
     try:
         teacher = load_pretrained(section.teacher, vision_only=not with_text)
     except (FileNotFoundError, ValueError, KeyError, OSError) as err:
         raise type(err)(f"distill.teacher={section.teacher}: {err}") from err
     if with_text:
         if teacher.text is None:
-            raise ValueError(f"distill.text_weight > 0: distill.teacher={section.teacher} has no text tower")
+            raise ValueError(
+                f"distill.text_weight / logit_weight / interactive_weight > 0: "
+                f"distill.teacher={section.teacher} has no text tower"
+            )
         theirs = getattr(teacher, "tokenizer", None)
         if tokenizer is not None and theirs is not None:
             if theirs.encode(list(_PROBE_TEXTS)) != tokenizer.encode(list(_PROBE_TEXTS)):
                 raise ValueError(
-                    f"distill.text_weight > 0: distill.teacher={section.teacher} tokenizes text differently "
+                    f"distill.text_weight / logit_weight / interactive_weight > 0: "
+                    f"distill.teacher={section.teacher} tokenizes text differently "
                     "from this run (set data.tokenizer to the teacher's tokenizer.model)"
                 )
         if tokenizer is not None and teacher.cfg.text.vocab_size < tokenizer.vocab_size:
@@ -182,9 +276,15 @@ def with_feature_distill(cfg: TrainConfig, model: TIPSModel, terms: list[tuple[s
         if not terms:
             # Nothing uses them now either: frozen for the same reason.
             model.log_temperature.requires_grad_(False)
-            if section.text_weight <= 0 and model.text is not None:
+            if not section.reads_teacher_text and model.text is not None:
                 model.text.requires_grad_(False)
     captions = {"dual": ("web", "synthetic"), "web": ("web",), "synthetic": ("synthetic",)}[cfg.loss.pairs]
+    # The image-text pairs of the relational terms: the ones the contrastive loss uses (loss.pairs).
+    pairs = {
+        "dual": (("cls_web", "web"), ("cls_synthetic", "synthetic")),
+        "web": (("cls_web", "web"),),
+        "synthetic": (("cls_web", "synthetic"),),
+    }[cfg.loss.pairs]
     term = FeatureDistillTerm(
         load_teacher(section, getattr(model, "tokenizer", None)),
         model.cfg.vision.width,
@@ -193,5 +293,8 @@ def with_feature_distill(cfg: TrainConfig, model: TIPSModel, terms: list[tuple[s
         loss=section.loss,
         text_weight=section.text_weight,
         captions=captions,
+        logit_weight=section.logit_weight,
+        interactive_weight=section.interactive_weight,
+        pairs=pairs,
     )
     return [*terms, ("feature_distill", 1.0, term)]
