@@ -77,6 +77,8 @@ def register_student(width: int = 32, depth: int = 2) -> str:
 
 
 def retrieval_sum(run_dir: Path) -> float:
+    """R@1 + R@5 + R@10, both directions, CLS1-web and CLS2-synthetic, of ``run_dir/final`` on the built-in
+    held-out split (200 images): less noisy than R@1 alone on a model this small."""
     import open_tips
     from open_tips.eval.suite import evaluate_builtin
 

@@ -21,6 +21,7 @@ from open_tips.models.tips import TIPSModel
 from open_tips.train.config import TrainConfig
 from open_tips.train.teacher import Teacher
 from open_tips.train.terms import (
+    CONTRASTIVE_PAIRS,
     ContrastiveTerm,
     DistillTerm,
     KoLeoTerm,
@@ -150,13 +151,9 @@ def build_terms(cfg: TrainConfig, model: TIPSModel) -> list[tuple[str, float, Te
     """The config's loss section as explicit (name, weight, term) entries."""
     loss = cfg.loss
     gather_kwargs = {"local_loss": cfg.distributed.local_loss}
-    pairs = {
-        "dual": [("cls_web", "web"), ("cls_synthetic", "synthetic")],
-        "web": [("cls_web", "web")],
-        "synthetic": [("cls_web", "synthetic")],
-    }[loss.pairs]
+    pairs = CONTRASTIVE_PAIRS[loss.pairs]
     terms: list[tuple[str, float, Term]] = [
-        ("contrastive", 1.0, ContrastiveTerm(pairs, kind=loss.contrastive, **gather_kwargs))
+        ("contrastive", 1.0, ContrastiveTerm(list(pairs), kind=loss.contrastive, **gather_kwargs))
     ]
     width = model.cfg.vision.width
     head_kwargs = {

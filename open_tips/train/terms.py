@@ -50,6 +50,15 @@ class Term(nn.Module):
     needs_teacher = False
 
 
+# loss.pairs -> the (CLS field, caption kind) pairs the contrastive loss contrasts; the distillation terms
+# that pair images with text use the same ones.
+CONTRASTIVE_PAIRS: dict[str, tuple[tuple[str, str], ...]] = {
+    "dual": (("cls_web", "web"), ("cls_synthetic", "synthetic")),
+    "web": (("cls_web", "web"),),
+    "synthetic": (("cls_web", "synthetic"),),
+}
+
+
 class ContrastiveTerm(Term):
     """Image-text contrastive loss over (CLS field, caption kind) pairs, averaged over the pairs.
 

@@ -32,7 +32,7 @@ from open_tips.losses.contrastive import clip_loss
 from open_tips.models.tips import TIPSModel
 from open_tips.models.vision import ImageEmbeddings
 from open_tips.train.config import DistillSection, TrainConfig
-from open_tips.train.terms import StepViews, Term
+from open_tips.train.terms import CONTRASTIVE_PAIRS, StepViews, Term
 
 LOSSES = ("cosine", "smooth_l1")
 CLS_FIELDS = ("cls_web", "cls_synthetic")
@@ -100,9 +100,9 @@ class FeatureDistillTerm(Term):
         self.logit_weight, self.interactive_weight = float(logit_weight), float(interactive_weight)
         relational = self.logit_weight > 0 or self.interactive_weight > 0
         self.pairs = tuple(pairs) if relational else ()
-        kinds = (tuple(captions) if self.text_weight > 0 else ()) + tuple(k for _, k in self.pairs)
-        self.captions = tuple(dict.fromkeys(kinds))  # every caption kind whose teacher text is needed
         self.mimic_captions = tuple(captions) if self.text_weight > 0 else ()
+        # every caption kind whose teacher text is needed
+        self.captions = tuple(dict.fromkeys(self.mimic_captions + tuple(k for _, k in self.pairs)))
         self.needs = frozenset({"clean"} | {f"text:{kind}" for kind in self.captions})
         if (self.text_weight > 0 or relational) and teacher.text is None:
             raise ValueError(
@@ -278,13 +278,9 @@ def with_feature_distill(cfg: TrainConfig, model: TIPSModel, terms: list[tuple[s
             model.log_temperature.requires_grad_(False)
             if not section.reads_teacher_text and model.text is not None:
                 model.text.requires_grad_(False)
-    captions = {"dual": ("web", "synthetic"), "web": ("web",), "synthetic": ("synthetic",)}[cfg.loss.pairs]
-    # The image-text pairs of the relational terms: the ones the contrastive loss uses (loss.pairs).
-    pairs = {
-        "dual": (("cls_web", "web"), ("cls_synthetic", "synthetic")),
-        "web": (("cls_web", "web"),),
-        "synthetic": (("cls_web", "synthetic"),),
-    }[cfg.loss.pairs]
+    # The image-text pairs of the relational terms are the contrastive loss's; text mimicry uses their captions.
+    pairs = CONTRASTIVE_PAIRS[cfg.loss.pairs]
+    captions = tuple(dict.fromkeys(kind for _, kind in pairs))
     term = FeatureDistillTerm(
         load_teacher(section, getattr(model, "tokenizer", None)),
         model.cfg.vision.width,

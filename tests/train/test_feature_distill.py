@@ -261,22 +261,6 @@ def test_all_terms_off_is_refused_and_logit_alone_is_a_term(tmp_path):
     ).distill.reads_teacher_text
 
 
-def _retrieval_sum(run_dir) -> float:
-    """R@1 + R@5 + R@10, both directions, CLS1-web and CLS2-synthetic, on the built-in held-out split (200
-    images): less noisy than R@1 alone on a model this small."""
-    import open_tips
-    from open_tips.eval.suite import evaluate_builtin
-
-    model = open_tips.load_pretrained(run_dir / "final")
-    results = evaluate_builtin(model, tasks=["retrieval"], image_size=56, progress=False, pictures=False)
-    return sum(
-        value
-        for key in ("retrieval_web", "retrieval_synthetic")
-        for name, value in results["tasks"][key].items()
-        if "R@" in name
-    )
-
-
 @pytest.mark.slow
 def test_distilled_student_approaches_teacher_and_beats_scratch(tmp_path):
     """Teacher: tiny (width 64), 400 contrastive steps. Student: tiny-half (width 32, registered by
@@ -311,7 +295,7 @@ def test_distilled_student_approaches_teacher_and_beats_scratch(tmp_path):
         "distill.interactive_weight=1.0",
     )
     scratch = run("scratch", 300, f"model.name={student}", "optim.lr=3e-3")
-    r_teacher, r_distilled, r_scratch = map(_retrieval_sum, (teacher, distilled, scratch))
+    r_teacher, r_distilled, r_scratch = map(experiment.retrieval_sum, (teacher, distilled, scratch))
     assert r_teacher > 3 * 0.16  # the teacher learned something to pass on
     assert r_distilled >= 0.7 * r_teacher, (r_teacher, r_distilled, r_scratch)
     assert r_distilled > 1.25 * r_scratch, (r_teacher, r_distilled, r_scratch)
